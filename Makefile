@@ -1,0 +1,100 @@
+# paper_repro: two commands.
+#   make test    clean clone -> .venv, data, library in step with notebooks, nbdev_test, pytest
+#   make repro   clean clone -> .venv, data, every experiment notebook with papermill into outputs/
+#                make repro NB=fig3 ARGS="-p lam 1.5e-5"   runs one, passing papermill arguments
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+NB ?=
+ARGS ?=
+# Datasets `make data` guarantees (the tests read the real Fashion-MNIST).
+DATASETS ?= fashion-mnist
+OUTPUTS := $(or $(PAPER_REPRO_OUTPUTS),outputs)
+# Experiment notebooks: the papers' figures and tables, plus the data overview.
+EXPERIMENTS := $(sort $(basename $(notdir $(wildcard nbs/fig*.ipynb nbs/rti_fig*.ipynb nbs/sanity_fig*.ipynb \
+                 nbs/asni_*.ipynb nbs/data_*.ipynb))))
+
+# nbdev_export silently does nothing when IN_TEST is set: never pass it down.
+unexport IN_TEST
+
+.PHONY: help venv data export sync nbtest pytest test test-slow repro bench readme clean-venv
+
+help:
+	@echo "make test     create .venv if missing, get the data, check the library is in step with nbs/, run nbdev_test and pytest"
+	@echo "make repro    create .venv if missing, get the data, run every experiment notebook at preset auto into $(OUTPUTS)/"
+	@echo "              make repro NB=fig3 ARGS=\"-p lam 1.5e-5\"   one notebook, papermill arguments passed through"
+	@echo "make export   after editing notebooks: nbdev_export + nbdev_clean (commit nbs/ and paper_repro/ together)"
+	@echo "make bench    benchmarks (bench/loader.py: TensorLoader vs torchvision DataLoader)"
+	@echo "experiment notebooks: $(EXPERIMENTS)"
+
+# The environment: one install for tests and runs; redone when settings.ini or setup.py change.
+$(STAMP): settings.ini setup.py
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[dev]" 2>&1 | grep -v "is ignored: it is neither" || true
+	@$(BIN)/python -c "import paper_repro, torch, nbdev, papermill" || { echo "install into $(VENV) failed"; exit 1; }
+	@touch $@
+
+venv: $(STAMP)
+
+# Data: data/ (or $$PAPER_REPRO_DATA), then system locations, then apt-get (root on Debian), then a download.
+data: $(STAMP)
+	$(BIN)/python -c "from paper_repro.data import ensure_dataset; [ensure_dataset(n, system_install=True, download=True) for n in '$(DATASETS)'.split()]"
+
+# After editing notebooks: regenerate paper_repro/ and clean the notebooks (then commit both).
+export: $(STAMP)
+	$(BIN)/nbdev_export
+	$(BIN)/nbdev_clean
+
+# The library must be what the notebooks export, and the notebooks must be clean. On a clean clone this is
+# `nbdev_export; nbdev_clean; git diff --exit-code`; on a work tree with uncommitted edits it compares against
+# the tree as it was, so it fails exactly when the export or the clean had something to change.
+sync: $(STAMP)
+	@snap=$$(mktemp -d); cp -r paper_repro nbs "$$snap"/; \
+	$(BIN)/nbdev_export; $(BIN)/nbdev_clean; \
+	if ! diff -r -q -x __pycache__ -x .ipynb_checkpoints "$$snap/paper_repro" paper_repro \
+	   || ! diff -r -q -x __pycache__ -x .ipynb_checkpoints "$$snap/nbs" nbs; then \
+	  echo "paper_repro/ or nbs/ changed under nbdev_export/nbdev_clean: the library was not in step with the notebooks" ; \
+	  echo "(or a notebook was not clean). They are updated now: review 'git diff' and commit them."; \
+	  rm -rf "$$snap"; exit 1; fi; \
+	rm -rf "$$snap"; \
+	if [ -z "$$(git status --porcelain -- paper_repro nbs 2>/dev/null)" ]; then git diff --exit-code -- paper_repro nbs; fi; \
+	echo "library in step with nbs/, notebooks clean"
+
+nbtest: $(STAMP)
+	timeout 900 $(BIN)/nbdev_test --timing
+
+pytest: $(STAMP)
+	timeout 900 $(BIN)/python -m pytest -q -m "not slow" tests
+
+test: $(STAMP) data sync nbtest pytest
+
+test-slow: $(STAMP) data
+	$(BIN)/nbdev_test --flags slow --timing
+	$(BIN)/python -m pytest -q tests
+
+repro: $(STAMP) data
+	@nbs="$(if $(NB),$(basename $(notdir $(NB))),$(EXPERIMENTS))"; \
+	for nb in $$nbs; do \
+	  if [ ! -f "nbs/$$nb.ipynb" ]; then echo "unknown notebook '$$nb'; experiment notebooks: $(EXPERIMENTS)"; exit 2; fi; \
+	done; \
+	for nb in $$nbs; do \
+	  mkdir -p "$(OUTPUTS)/$$nb"; \
+	  echo "papermill nbs/$$nb.ipynb $(OUTPUTS)/$$nb/$$nb.ipynb $(ARGS)"; \
+	  $(BIN)/papermill "nbs/$$nb.ipynb" "$(OUTPUTS)/$$nb/$$nb.ipynb" -k python3 --cwd nbs --log-output --no-progress-bar $(ARGS); \
+	  echo "wrote $(OUTPUTS)/$$nb/"; ls "$(OUTPUTS)/$$nb"; \
+	done
+
+bench: $(STAMP) data
+	$(BIN)/python bench/loader.py
+
+# README.md is the markdown of nbs/index.ipynb (nbdev_readme needs Quarto, which cannot be installed here).
+readme: $(STAMP)
+	$(BIN)/python tests/test_readme.py --write
+
+clean-venv:
+	rm -rf $(VENV)
