@@ -257,3 +257,9 @@ def test_registry_shapes_and_stats_are_consistent():
         c = info.input_shape[0]
         assert len(info.mean) == c and len(info.std) == c, name
         assert all(0 < s < 1 for s in info.std) and all(0 < m < 1 for m in info.mean), name
+
+
+def test_loader_requires_uint8_pixels(fmnist):
+    x, y = fmnist[1].x[:10], fmnist[1].y[:10]
+    with pytest.raises(ValueError, match="uint8 pixels"):
+        TensorLoader((x.float() / 255, y), mean=(0.5,), std=(0.5,), device="cpu")
