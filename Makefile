@@ -35,8 +35,10 @@ help:
 # The environment: one install for tests and runs; redone when settings.ini or setup.py change.
 $(STAMP): settings.ini setup.py
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[dev]" 2>&1 | grep -v "is ignored: it is neither" || true
-	@$(BIN)/python -c "import paper_repro, torch, nbdev, papermill" || { echo "install into $(VENV) failed"; exit 1; }
+	@# pipefail: a failed pip install fails the target; the filter only hides a local-index warning
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[dev]" 2>&1 | { grep -v "is ignored: it is neither" || true; }
+	@$(BIN)/python -c "import paper_repro, torch, torchvision, numpy, pandas, pyarrow, seaborn, matplotlib, sklearn, tqdm, papermill, ipykernel, nbdev, execnb, pytest" \
+	  || { echo "the install into $(VENV) is incomplete; remove $(VENV) and run make again"; exit 1; }
 	@touch $@
 
 venv: $(STAMP)
