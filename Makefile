@@ -15,9 +15,8 @@ ARGS ?=
 # Datasets `make data` guarantees (the tests read the real Fashion-MNIST).
 DATASETS ?= fashion-mnist
 OUTPUTS := $(or $(PAPER_REPRO_OUTPUTS),outputs)
-# Experiment notebooks: the papers' figures and tables, plus the data overview.
-EXPERIMENTS := $(sort $(basename $(notdir $(wildcard nbs/fig*.ipynb nbs/rti_fig*.ipynb nbs/sanity_fig*.ipynb \
-                 nbs/asni_*.ipynb nbs/data_*.ipynb))))
+# Experiment notebooks: the one list is paper_repro.core.experiment_notebooks().
+EXPERIMENTS = $(shell test -x $(BIN)/python && $(BIN)/python -c "from paper_repro.core import experiment_notebooks as e; print(*e())" 2>/dev/null)
 
 # nbdev_export silently does nothing when IN_TEST is set: never pass it down.
 unexport IN_TEST
@@ -80,9 +79,9 @@ test-slow: $(STAMP) data
 	$(BIN)/python -m pytest -q tests
 
 repro: $(STAMP) data
-	@nbs="$(if $(NB),$(basename $(notdir $(NB))),$(EXPERIMENTS))"; \
+	@all="$(EXPERIMENTS)"; nbs="$(if $(NB),$(basename $(notdir $(NB))),$$all)"; \
 	for nb in $$nbs; do \
-	  if [ ! -f "nbs/$$nb.ipynb" ]; then echo "unknown notebook '$$nb'; experiment notebooks: $(EXPERIMENTS)"; exit 2; fi; \
+	  if [[ " $$all " != *" $$nb "* ]]; then echo "unknown notebook '$$nb'; experiment notebooks: $$all"; exit 2; fi; \
 	done; \
 	for nb in $$nbs; do \
 	  mkdir -p "$(OUTPUTS)/$$nb"; \

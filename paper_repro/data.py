@@ -47,9 +47,13 @@ class DatasetInfo:
     image_size: int | None = None # folder datasets: square side images are resized to (None: must be given)
     builtin: bool = False # shipped with a Python package (no files to find)
     citation: str = ""
+    num_classes: int = 0 # classes of the full dataset (0: the number of `classes`)
 
-    @property
-    def num_classes(self) -> int: return len(self.classes)
+    def __post_init__(self):
+        if not self.num_classes: object.__setattr__(self, "num_classes", len(self.classes))
+        if not self.num_classes: raise ValueError(f"{self.name}: give num_classes when the class names are read from disk")
+        if self.classes and len(self.classes) != self.num_classes:
+            raise ValueError(f"{self.name}: {len(self.classes)} class names but num_classes={self.num_classes}")
 
 DATASETS: dict[str, DatasetInfo] = {}
 
@@ -237,12 +241,12 @@ def _read_digits(folder, split, image_size=None):
     return x, torch.from_numpy(d.target.astype(np.int64)), None
 
 # %% ../nbs/01_data.ipynb #f02edf1a
-def _tv_download(cls_name: str, **kw) -> Callable:
+def _tv_download(cls_name: str) -> Callable:
     def download(dest: Path):
         import torchvision.datasets as tvd
         cls = getattr(tvd, cls_name)
-        if cls_name == "Caltech101": cls(root=str(dest), download=True, **kw); return
-        for train in (True, False): cls(root=str(dest), train=train, download=True, **kw)
+        if cls_name == "Caltech101": cls(root=str(dest), download=True); return # one archive, no train/test
+        for train in (True, False): cls(root=str(dest), train=train, download=True)
     return download
 
 _MNIST_FILES = tuple(f"{p}-{k}" for p in ("train", "t10k") for k in ("images-idx3-ubyte", "labels-idx1-ubyte"))
@@ -273,24 +277,24 @@ register_dataset(DatasetInfo(
 register_dataset(DatasetInfo(
     "cifar100", (3, 32, 32), (), (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), _read_cifar100,
     files=("train", "test", "meta"), layouts=("cifar-100-python", "cifar100/cifar-100-python", "cifar100"),
-    download=_tv_download("CIFAR100"),
+    download=_tv_download("CIFAR100"), num_classes=100,
     how_to_get="load_dataset('cifar100', download=True), or unpack cifar-100-python.tar.gz into data/",
     citation="Krizhevsky 2009"))
 register_dataset(DatasetInfo(
     "tiny-imagenet", (3, 64, 64), (), (0.4802, 0.4481, 0.3975), (0.2770, 0.2691, 0.2821), _read_tiny_imagenet,
     files=("wnids.txt", "train", "val/val_annotations.txt"),
-    layouts=("tiny-imagenet-200", "tiny-imagenet/tiny-imagenet-200", "tiny-imagenet"), image_size=64,
+    layouts=("tiny-imagenet-200", "tiny-imagenet/tiny-imagenet-200", "tiny-imagenet"), image_size=64, num_classes=200,
     how_to_get="download tiny-imagenet-200.zip (CS231n, Stanford) and unzip it into data/ (data/tiny-imagenet-200/)",
     citation="Le & Yang 2015"))
 register_dataset(DatasetInfo(
     "caltech101", (3, 224, 224), (), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), _read_caltech101,
     layouts=("caltech101/101_ObjectCategories", "101_ObjectCategories", "caltech101"), image_size=224,
-    test_fraction=0.2, download=_tv_download("Caltech101"),
+    test_fraction=0.2, download=_tv_download("Caltech101"), num_classes=101,
     how_to_get="load_dataset('caltech101', download=True), or unpack 101_ObjectCategories into data/caltech101/",
     citation="Fei-Fei, Fergus & Perona 2004 (normalised with ImageNet statistics, as for the pretrained ResNet-50)"))
 register_dataset(DatasetInfo(
     "imagenet", (3, 224, 224), (), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), _read_imagenet,
-    files=("train", "val"), layouts=("imagenet", "ILSVRC2012"), image_size=None,
+    files=("train", "val"), layouts=("imagenet", "ILSVRC2012"), image_size=None, num_classes=1000,
     how_to_get="extract ILSVRC2012 into data/imagenet/train/<wnid>/*.JPEG and data/imagenet/val/<wnid>/*.JPEG "
                "(the validation images sorted into class folders)",
     citation="Russakovsky et al. 2015"));
@@ -468,19 +472,20 @@ def load_dataset(name: str, # a registry name, e.g. "fashion-mnist"
 
 # %% ../nbs/01_data.ipynb #e313957d
 def crop_flip(x: torch.Tensor, # B×C×(H+2p)×(W+2p) padded images (or the dataset tensor, with `index`)
-              top: torch.Tensor, # (B,) row offsets in [0, 2p]
-              left: torch.Tensor, # (B,) column offsets in [0, 2p]
+              top: torch.Tensor | None, # (B,) row offsets in [0, 2p]; None for 0
+              left: torch.Tensor | None, # (B,) column offsets in [0, 2p]; None for 0
               flip: torch.Tensor | None, # (B,) bool: mirror left-right; None for no flips
               size: tuple[int, int], # (H, W) of the output
               index: torch.Tensor | None = None, # (B,) rows of `x` to use; None for all of `x`
              ) -> torch.Tensor:
     "Crop each image at its own offset and optionally mirror it, in one batched gather: B×C×H×W."
     H, W = size
-    rows = top[:, None] + torch.arange(H, device=x.device) # (B, H)
-    j = torch.arange(W, device=x.device)
-    cols = left[:, None] + (j if flip is None else torch.where(flip[:, None], W - 1 - j, j)) # (B, W)
-    b = (torch.arange(len(top), device=x.device) if index is None else index)[:, None, None] # (B, 1, 1)
-    return x[b, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2) # gather gives (B, H, W, C)
+    i, j = torch.arange(H, device=x.device), torch.arange(W, device=x.device)
+    rows = i[None, :] if top is None else top[:, None] + i # (B, H), or (1, H) shared by all
+    if flip is not None: j = torch.where(flip[:, None], W - 1 - j, j) # (B, W)
+    cols = j if left is None else left[:, None] + j # (B, W), or (W,) shared
+    b = (torch.arange(len(x), device=x.device) if index is None else index)[:, None, None] # (B, 1, 1)
+    return x[b, :, rows[..., :, None], cols[..., None, :]].permute(0, 3, 1, 2) # gather gives (B, H, W, C)
 
 # %% ../nbs/01_data.ipynb #084b2ad1
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -548,14 +553,12 @@ class TensorLoader:
         p = {k: (v.to(self.device) if v is not None else None) for k, v in self.plan(self.epoch).items()}
         self.epoch += 1
         n, b = len(self.y), self.batch_size
-        zero = torch.zeros(n, dtype=torch.long, device=self.device)
         for i in range(len(self)):
             sl = slice(i*b, min((i + 1)*b, n))
             idx = p["order"][sl]
             if self.crop or self.flip:
-                top = p["top"][sl] if self.crop else zero[sl]
-                left = p["left"][sl] if self.crop else zero[sl]
-                xb = crop_flip(self.x, top, left, p["flip"][sl] if self.flip else None, self.size, index=idx)
+                top, left, flip = (None if p[k] is None else p[k][sl] for k in ("top", "left", "flip"))
+                xb = crop_flip(self.x, top, left, flip, self.size, index=idx)
                 xb = xb if self.channels_last else xb.contiguous()
             else:
                 xb = self.x[idx]

@@ -10,7 +10,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NBS = ROOT / "nbs"
-EXPERIMENT = re.compile(r"^(fig\d+|rti_fig\d+|sanity_fig\w+|asni_(fig|table)\d+|data_\w+)\.ipynb$")
 
 
 def settings():
@@ -81,7 +80,8 @@ def test_notebooks_have_cell_ids_and_the_python3_kernel():
 
 
 def test_experiment_notebooks_are_papermill_ready():
-    exps = [nb for nb in notebooks() if EXPERIMENT.match(nb.name)]
+    from paper_repro.core import experiment_notebooks
+    exps = [NBS / f"{name}.ipynb" for name in experiment_notebooks()]
     assert exps, "no experiment notebook"
     for nb in exps:
         params = [c for c in cells(nb) if "parameters" in c.get("metadata", {}).get("tags", [])]
