@@ -28,7 +28,7 @@ help:
 	@echo "make repro    create .venv if missing, get the data, run every experiment notebook at preset auto into $(OUTPUTS)/"
 	@echo "              make repro NB=fig3 ARGS=\"-p lam 1.5e-5\"   one notebook, papermill arguments passed through"
 	@echo "make export   after editing notebooks: nbdev_export + nbdev_clean (commit nbs/ and paper_repro/ together)"
-	@echo "make bench    benchmarks (bench/loader.py: TensorLoader vs torchvision DataLoader)"
+	@echo "make bench    benchmarks (bench/loader.py: TensorLoader vs DataLoader; bench/mask_overhead.py: masked vs dense step)"
 	@echo "experiment notebooks: $(EXPERIMENTS)"
 
 # The environment: one install for tests and runs; redone when settings.ini or setup.py change.
@@ -92,6 +92,7 @@ repro: $(STAMP) data
 
 bench: $(STAMP) data
 	$(BIN)/python bench/loader.py
+	$(BIN)/python bench/mask_overhead.py
 
 # README.md is the markdown of nbs/index.ipynb (nbdev_readme needs Quarto, which cannot be installed here).
 readme: $(STAMP)
