@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .models import prunable_weights
+from .models import as_generator, kaiming_uniform, prunable_layers, prunable_weights
 
 # %% auto #0
 __all__ = ['RULES', 'check_density', 'keep_count', 'top_count', 'Mask', 'magnitude', 'random_mask', 'shuffle', 'MaskedLayer',
@@ -50,12 +50,9 @@ def _weights_of(source) -> dict[str, torch.Tensor]:
     "name -> weight tensor from a model (its prunable weights, effective masks applied) or a mapping."
     if isinstance(source, nn.Module):
         return {n: m.effective_weight() if hasattr(m, "effective_weight") else m.weight.detach()  # masked layers: w ⊙ mask
-                for n, m in _prunable_modules(source).items()}
+                for n, m in prunable_layers(source).items()}
     return {n: torch.as_tensor(t).detach() for n, t in source.items()}
 
-def _prunable_modules(model: nn.Module) -> dict[str, nn.Module]:
-    "prunable weight name -> the Conv2d/Linear module holding it."
-    return {f"{n}.weight" if n else "weight": m for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
 
 class Mask(Mapping):
     "Prunable-parameter name -> bool tensor. Immutable by convention: operations return new masks."
@@ -119,12 +116,15 @@ class Mask(Mapping):
     __hash__ = None
 
 # %% ../nbs/03_masks.ipynb #df4ca60a
-def _check_weights(mask: Mask, weights: Mapping[str, torch.Tensor]):
-    missing = [n for n in mask if n not in weights]
-    if missing: raise ValueError(f"no weights for {missing[:3]}{' ...' if len(missing) > 3 else ''}; weights cover {list(weights)[:3]} ...")
-    for n in mask:
-        if weights[n].shape != mask[n].shape:
-            raise ValueError(f"{n}: weight shape {tuple(weights[n].shape)} does not match mask shape {tuple(mask[n].shape)}")
+def _check_match(mask: Mapping[str, torch.Tensor], weights: Mapping[str, torch.Tensor]):
+    "Every mask tensor must name a weight in `weights` (a name -> tensor or name -> layer mapping) of the same shape."
+    names = list(weights)
+    for n, t in mask.items():
+        if n not in weights:
+            raise ValueError(f"no weight for mask tensor {n!r}; the weights are {', '.join(names[:3])}, ..., {names[-1]}")
+        w = weights[n].weight if isinstance(weights[n], nn.Module) else weights[n]
+        if tuple(w.shape) != tuple(t.shape):
+            raise ValueError(f"{n}: weight shape {tuple(w.shape)} does not match mask shape {tuple(t.shape)} (mask tensor {n!r})")
 
 def _target(remaining: int, total: int, density, fraction) -> int:
     if (density is None) == (fraction is None): raise ValueError("give exactly one of density= and fraction=")
@@ -144,7 +144,7 @@ def magnitude(mask: Mask, # prune among the entries this mask keeps
               layerwise: bool = False, # rank within each tensor instead of across all
              ) -> Mask:
     "Keep the largest-magnitude remaining weights: exactly the target count, globally or in every layer."
-    w = _weights_of(weights); _check_weights(mask, w)
+    w = _weights_of(weights); _check_match(mask, w)
     score = {n: torch.where(mask[n].to(w[n].device), w[n].abs().float(), torch.tensor(-1.0, device=w[n].device)) for n in mask}
     if layerwise:
         return Mask({n: top_count(score[n], _target(int(mask[n].sum()), mask[n].numel(), density, fraction)) for n in mask})
@@ -156,12 +156,6 @@ def magnitude(mask: Mask, # prune among the entries this mask keeps
 Mask.magnitude = magnitude
 
 # %% ../nbs/03_masks.ipynb #8415b315
-def _generator(seed) -> torch.Generator:
-    if isinstance(seed, torch.Generator): return seed
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed={seed!r}: use a non-negative integer or a torch.Generator")
-    return torch.Generator().manual_seed(seed)
-
 def random_mask(shapes, # a model (its prunable weights), a Mask, or name -> shape / tensor
                 densities, # one density for every layer, a sequence (one per layer, in order) or name -> density
                 seed: int | torch.Generator = 0, # the positions are a function of the seed
@@ -179,7 +173,7 @@ def random_mask(shapes, # a model (its prunable weights), a Mask, or name -> sha
     else:
         ds = list(densities)
         if len(ds) != len(names): raise ValueError(f"{len(ds)} densities for {len(names)} layers")
-    g = _generator(seed)
+    g = as_generator(seed)
     out = {}
     for n, d in zip(names, ds):
         size = math.prod(shapes[n]); keep = torch.zeros(size, dtype=torch.bool)
@@ -189,7 +183,7 @@ def random_mask(shapes, # a model (its prunable weights), a Mask, or name -> sha
 
 def shuffle(mask: Mask, seed: int | torch.Generator = 0) -> Mask:
     "Permute the entries within each tensor (seeded): same per-layer counts, random positions."
-    g = _generator(seed)
+    g = as_generator(seed)
     return Mask({n: t.flatten()[torch.randperm(t.numel(), generator=g).to(t.device)].view(t.shape) for n, t in mask.items()})
 
 Mask.shuffle = shuffle
@@ -246,17 +240,6 @@ class ScoredLinear(MaskedLinear):
 _MASKED = {nn.Conv2d: (MaskedConv2d, ScoredConv2d), nn.Linear: (MaskedLinear, ScoredLinear)}
 
 # %% ../nbs/03_masks.ipynb #5e9d0058
-def _layer(model: nn.Module, name: str) -> nn.Module:
-    return model.get_submodule(name[: -len(".weight")] if name.endswith(".weight") else "")
-
-def _check_mask(model: nn.Module, mask: Mapping[str, torch.Tensor]):
-    layers = _prunable_modules(model)
-    for n, t in mask.items():
-        if n not in layers:
-            raise ValueError(f"mask tensor {n!r} is not a prunable weight of the model (those are {', '.join(list(layers)[:3])}, ..., {list(layers)[-1]})")
-        if tuple(t.shape) != tuple(layers[n].weight.shape):
-            raise ValueError(f"mask tensor {n!r} has shape {tuple(t.shape)}, the model's weight {tuple(layers[n].weight.shape)}")
-
 def to_masked(model: nn.Module, # any model; its prunable Conv2d/Linear layers become masked (in place)
               mask: Mapping[str, torch.Tensor] | None = None, # fixed mask / frozen q (default: all ones over the layers)
               rule: str = "fixed", # "fixed", "round" (GEM-MINER) or "topk" (Edge-Popup)
@@ -270,10 +253,11 @@ def to_masked(model: nn.Module, # any model; its prunable Conv2d/Linear layers b
     if rule == "topk": check_density(density)
     elif density is not None: raise ValueError(f"density={density!r} is only for rule='topk' (rule={rule!r})")
     if mask is None: mask = Mask.ones(model, exclude)
-    _check_mask(model, mask)
-    g = _generator(seed)
+    layers = prunable_layers(model)
+    _check_match(mask, layers)
+    g = as_generator(seed)
     for name, m in mask.items():
-        layer = _layer(model, name)
+        layer = layers[name]
         base = nn.Conv2d if isinstance(layer, nn.Conv2d) else nn.Linear
         if not isinstance(layer, MaskedLayer) and type(layer) is not base:
             raise ValueError(f"{name}: {type(layer).__name__} is a subclass of {base.__name__} with its own forward; cannot mask it")
@@ -291,7 +275,6 @@ def to_masked(model: nn.Module, # any model; its prunable Conv2d/Linear layers b
         if isinstance(scores, Mapping): s = torch.as_tensor(scores[name]).clone().float()
         elif scores == "uniform": s = torch.rand(w.shape, generator=g)
         elif scores == "kaiming_uniform":
-            from paper_repro.models import kaiming_uniform
             s = kaiming_uniform(torch.empty(w.shape), a=math.sqrt(5), generator=g)
         else: raise ValueError(f"scores={scores!r}: use 'uniform', 'kaiming_uniform' or name -> tensor")
         if s.shape != w.shape: raise ValueError(f"scores for {name!r} have shape {tuple(s.shape)}, the weight {tuple(w.shape)}")
@@ -300,7 +283,7 @@ def to_masked(model: nn.Module, # any model; its prunable Conv2d/Linear layers b
 
 def masked_layers(model: nn.Module) -> dict[str, MaskedLayer]:
     "prunable weight name -> masked layer."
-    return {n: m for n, m in _prunable_modules(model).items() if isinstance(m, MaskedLayer)}
+    return {n: m for n, m in prunable_layers(model).items() if isinstance(m, MaskedLayer)}
 
 def to_plain(model: nn.Module) -> nn.Module:
     "Turn every masked layer back into a plain layer holding w ⊙ mask (in place); return the model."

@@ -14,13 +14,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .core import interleaved
+
 # %% auto #0
 __all__ = ['VGG_CONFIGS', 'MOBILENET_V2_CONFIG', 'MOBILENET_V1_CONFIG', 'INITS', 'BN_INITS', 'BIAS_INITS', 'MODELS', 'channels',
            'dense', 'dense_forward', 'conv', 'MLP', 'ConvNet', 'VGG', 'PadShortcut', 'shortcut', 'BasicBlock',
            'Bottleneck', 'ResNet', 'WideBlock', 'WideResNet', 'InvertedResidual', 'MobileNetV2', 'MobileNetV1', 'fans',
-           'kaiming_normal', 'kaiming_uniform', 'xavier_normal', 'signed_constant', 'unsigned_constant', 'initialize',
-           'same_state', 'ModelSpec', 'register_model', 'get_model', 'count_parameters', 'prunable_weights',
-           'model_table']
+           'as_generator', 'kaiming_normal', 'kaiming_uniform', 'xavier_normal', 'signed_constant', 'unsigned_constant',
+           'initialize', 'same_state', 'ModelSpec', 'register_model', 'get_model', 'count_parameters',
+           'prunable_layers', 'prunable_weights', 'model_table']
 
 # %% ../nbs/02_models.ipynb #7beeba96
 def channels(c: int, width: float) -> int:
@@ -293,6 +295,14 @@ def _fill(w: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
 
 def _gen(generator): return generator if generator is not None else torch.default_generator
 
+def as_generator(seed: int | torch.Generator | None) -> torch.Generator:
+    "A CPU generator from a seed: a generator passes through; None draws a seed from the global generator."
+    if isinstance(seed, torch.Generator): return seed
+    if seed is None: seed = int(torch.randint(0, 2**62, ()))
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed={seed!r}: use a non-negative integer, a torch.Generator or None")
+    return torch.Generator().manual_seed(seed)
+
 def kaiming_normal(w: torch.Tensor, density: float = 1.0, mode: str = "fan_in", generator: torch.Generator | None = None,
                    a: float = 0.0) -> torch.Tensor:
     "N(0, 2 / ((1 + a²) · fan · density)): He et al.'s normal initialisation, optionally scaled by the kept fraction."
@@ -345,10 +355,7 @@ def initialize(model: nn.Module, # any model whose parameters live in Conv/Linea
         if init not in INITS: raise ValueError(f"init={init!r}: use one of {', '.join(INITS)} (or a function)")
         init = INITS[init]
     _choice(bn_init, BN_INITS, "bn_init"); _choice(bias_init, BIAS_INITS, "bias_init")
-    if not (seed is None or isinstance(seed, torch.Generator) or (isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0)):
-        raise ValueError(f"seed={seed!r}: use a non-negative integer, a torch.Generator or None")
-    g = seed if isinstance(seed, torch.Generator) else torch.Generator().manual_seed(
-        int(torch.randint(0, 2**62, ())) if seed is None else seed)
+    g = as_generator(seed)
     done = set()  # ids of the tensors set so far
     with torch.no_grad():
         for m in model.modules():
@@ -488,13 +495,16 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 # %% ../nbs/02_models.ipynb #e9f1d8cc
+def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
+    "Ordered prunable-weight name (`'<module>.weight'`) -> the `nn.Conv2d` / `nn.Linear` holding it."
+    return {f"{n}.weight" if n else "weight": m for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+
 def prunable_weights(model: nn.Module, # any model: layers found by type, so torchvision models work too
                      exclude: Iterable[str] = (), # "first", "last", and/or parameter names such as "fc.weight"
                     ) -> dict[str, nn.Parameter]:
     "Ordered name -> parameter for the `weight` of every `nn.Conv2d` and `nn.Linear` (subclasses included)."
     exclude = [exclude] if isinstance(exclude, str) else list(exclude or ())
-    found = {f"{n}.weight" if n else "weight": m.weight for n, m in model.named_modules()
-             if isinstance(m, (nn.Conv2d, nn.Linear))}
+    found = {n: m.weight for n, m in prunable_layers(model).items()}
     names = list(found)
     unknown = [e for e in exclude if e not in ("first", "last") and e not in found]
     if unknown: raise ValueError(f"exclude={unknown}: use 'first', 'last' or prunable names ({', '.join(names[:3])}, ..., {names[-1]})")
@@ -512,7 +522,6 @@ def model_table(names: Sequence[str] | None = None, # models (default: all of `M
                 train_size: int = 60_000, # images per epoch for the epoch estimate
                ) -> pd.DataFrame:
     "One row per model × width: input, parameters, prunable weights and, with `time_steps`, the CPU step time."
-    from paper_repro.core import interleaved
     rows, steps = [], {}
     for name in names or list(MODELS):
         if name not in MODELS: raise ValueError(f"unknown model {name!r}; known models: {', '.join(MODELS)}")
