@@ -6,7 +6,8 @@
 from __future__ import annotations
 
 import math
-from typing import Iterator, Mapping, Sequence
+from decimal import ROUND_FLOOR, Decimal
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import pandas as pd
 import torch
@@ -18,7 +19,7 @@ from .models import as_generator, kaiming_uniform, prunable_layers, prunable_wei
 # %% auto #0
 __all__ = ['RULES', 'check_density', 'keep_count', 'top_count', 'Mask', 'magnitude', 'random_mask', 'shuffle', 'MaskedLayer',
            'MaskedConv2d', 'MaskedLinear', 'ScoredConv2d', 'ScoredLinear', 'to_masked', 'masked_layers', 'to_plain',
-           'get_mask', 'apply_mask', 'enforce_masks', 'keep_masks']
+           'get_mask', 'apply_mask', 'fixed_masks', 'enforce_masks', 'keep_masks']
 
 # %% ../nbs/03_masks.ipynb #6859e41f
 def check_density(density, what: str = "density") -> float:
@@ -28,8 +29,9 @@ def check_density(density, what: str = "density") -> float:
     return float(density)
 
 def keep_count(n: int, density: float) -> int:
-    "Entries kept when a fraction `density` of `n` is kept: ⌊density·n + ½⌋."
-    return min(n, math.floor(check_density(density) * n + 0.5))
+    "Entries kept when a fraction `density` of `n` is kept: ⌊density·n + ½⌋ (exact in decimal: 0.29 of 50 keeps 15)."
+    d = Decimal(repr(check_density(density)))   # the density as written: 0.29*50 is 14.4999… in binary floats
+    return min(n, int((d * n + Decimal("0.5")).to_integral_value(rounding=ROUND_FLOOR)))
 
 def top_count(values: torch.Tensor, k: int) -> torch.Tensor:
     "Bool tensor shaped like `values`, True at exactly `k` largest entries; ties at the cut go to lower flat indices."
@@ -135,7 +137,7 @@ def _target(remaining: int, total: int, density, fraction) -> int:
         return k
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
         raise ValueError(f"fraction={fraction!r}: the fraction of remaining weights to remove must be in [0, 1)")
-    return remaining - math.floor(fraction * remaining + 0.5)
+    return remaining - (keep_count(remaining, fraction) if fraction else 0)   # removes ⌊f·remaining + ½⌋
 
 def magnitude(mask: Mask, # prune among the entries this mask keeps
               weights, # a model or name -> tensor; ranked by |w|
@@ -169,7 +171,7 @@ def random_mask(shapes, # a model (its prunable weights), a Mask, or name -> sha
         unknown = [n for n in densities if n not in shapes]; missing = [n for n in names if n not in densities]
         if unknown or missing: raise ValueError(f"densities must name every layer: unknown {unknown}, missing {missing}")
         ds = [densities[n] for n in names]
-    elif isinstance(densities, (int, float)) and not isinstance(densities, bool): ds = [densities] * len(names)
+    elif isinstance(densities, (int, float, str)): ds = [check_density(densities)] * len(names)  # bool, str: the error
     else:
         ds = list(densities)
         if len(ds) != len(names): raise ValueError(f"{len(ds)} densities for {len(names)} layers")
@@ -255,6 +257,12 @@ def to_masked(model: nn.Module, # any model; its prunable Conv2d/Linear layers b
     if mask is None: mask = Mask.ones(model, exclude)
     layers = prunable_layers(model)
     _check_match(mask, layers)
+    if rule == "topk":   # checked before any layer changes: a layer keeping no weight would cut the network
+        for name in mask:
+            n = layers[name].weight.numel()
+            if keep_count(n, density) == 0:
+                raise ValueError(f"density={density} keeps no weight of {name!r} ({n} weights), which would collapse the "
+                                 f"network; use density >= {1/n:.3g} or exclude the layer")
     g = as_generator(seed)
     for name, m in mask.items():
         layer = layers[name]
@@ -306,11 +314,15 @@ def apply_mask(model: nn.Module, mask: Mapping[str, torch.Tensor]) -> nn.Module:
     return to_masked(model, mask, rule="fixed")
 
 # %% ../nbs/03_masks.ipynb #e0892e94
-def _enforcer(model: nn.Module):
-    layers = list(masked_layers(model).values())
-    weights = [l.weight for l in layers if l.rule == "fixed"]
-    masks = [l.mask for l in layers if l.rule == "fixed"]
-    scores = [l.scores for l in layers if l.rule == "round"]
+def fixed_masks(model: nn.Module) -> dict[nn.Parameter, torch.Tensor]:
+    "weight -> mask buffer (0/1, the weight's dtype) of every fixed-mask layer: what an optimizer must keep masked."
+    return {l.weight: l.mask for l in masked_layers(model).values() if l.rule == "fixed"}
+
+def _enforcer(model: nn.Module, skip: Iterable[torch.Tensor] = ()):
+    skip = {id(p) for p in skip}
+    fixed = [(w, m) for w, m in fixed_masks(model).items() if id(w) not in skip]
+    weights, masks = [w for w, _ in fixed], [m for _, m in fixed]
+    scores = [l.scores for l in masked_layers(model).values() if l.rule == "round"]
     def enforce(*_):
         with torch.no_grad():
             if weights: torch._foreach_mul_(weights, masks)
@@ -322,5 +334,5 @@ def enforce_masks(model: nn.Module) -> nn.Module:
     _enforcer(model)(); return model
 
 def keep_masks(optimizer: torch.optim.Optimizer, model: nn.Module):
-    "Enforce `model`'s masks after every `optimizer.step()`; returns the hook handle (`.remove()` to stop)."
-    return optimizer.register_step_post_hook(_enforcer(model))
+    "Enforce `model`'s masks after every `optimizer.step()` (skipping weights in `optimizer.masks`); returns the hook handle."
+    return optimizer.register_step_post_hook(_enforcer(model, skip=getattr(optimizer, "masks", ())))
