@@ -11,7 +11,7 @@ What it measures
     * ``scores``      the same model with learnable scores (``to_masked(rule="round")``, GEM-MINER's rule), weights
                       frozen, only the scores trained: forward computes w ⊙ r(p) ⊙ q through the straight-through
                       estimator, and ``keep_masks`` projects the scores to [0, 1] after every step;
-    * ``torch_dense`` / ``torch_hook``  for reference: ``torch.optim.SGD`` dense, and with the generic
+    * ``torch_dense`` / ``torch_hook``  for reference: the same step with ``torch.optim.SGD``, dense and with the generic
                       ``keep_masks`` hook (one ``_foreach_mul_`` over the weights after each step) that any
                       optimizer can use.
 
@@ -42,7 +42,6 @@ import argparse
 import sys
 
 import torch
-import torch.nn.functional as F
 
 from paper_repro.core import interleaved, timing_summary
 from paper_repro.masks import apply_mask, get_mask, keep_masks, random_mask, to_masked
@@ -63,14 +62,10 @@ def engine_step(model, trains="weights"):
 
 
 def torch_step(model, hook=False):
-    "Reference: torch.optim.SGD, optionally with the generic `keep_masks` hook."
+    "Reference: the same step with torch.optim.SGD, optionally with the generic `keep_masks` hook."
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     if hook: keep_masks(opt, model)
-    def step(x, y):
-        opt.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-    return step
+    return train_step(model, opt)
 
 
 def setting(name, kw, batch, steps, repeats, density=0.05):

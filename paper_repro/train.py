@@ -58,8 +58,12 @@ class Recipe:
     trains: str = "weights"         # "weights", "scores" or "both"
 
     def __post_init__(self):
-        set_ = lambda k, v: object.__setattr__(self, k, v)
-        set_("milestones", tuple(self.milestones)); set_("betas", tuple(self.betas))
+        for k in ("milestones", "betas"):
+            v = getattr(self, k)
+            if not isinstance(v, (tuple, list)): raise ValueError(f"{k}={v!r}: use a tuple of numbers")
+            object.__setattr__(self, k, tuple(v))
+        for k in ("nesterov", "flip"):
+            if not isinstance(getattr(self, k), bool): raise ValueError(f"{k}={getattr(self, k)!r}: use True or False")
         if self.optimizer not in OPTIMIZERS: raise ValueError(f"optimizer={self.optimizer!r}: use one of {', '.join(map(repr, OPTIMIZERS))}")
         if self.schedule not in SCHEDULES: raise ValueError(f"schedule={self.schedule!r}: use one of {', '.join(map(repr, SCHEDULES))}")
         if self.trains not in TRAINS: raise ValueError(f"trains={self.trains!r}: use one of {', '.join(map(repr, TRAINS))}")
@@ -317,7 +321,7 @@ def _checkpoint_key(recipe: Recipe, seed: int) -> str:
 def _save_checkpoint(path: Path, state: FitState, rows, callbacks, key, elapsed):
     tmp = path.with_name(path.name + ".tmp")
     torch.save(dict(key=key, model=state.model.state_dict(), optimizer=state.optimizer.state_dict(), epoch=state.epoch,
-                    iteration=state.iteration, rows=rows, callbacks=[c.state_dict() for c in callbacks],
+                    iteration=state.iteration, stop=state.stop, rows=rows, callbacks=[c.state_dict() for c in callbacks],
                     elapsed=elapsed, rng=torch.get_rng_state()), tmp)
     os.replace(tmp, path)
 
@@ -358,7 +362,8 @@ def fit(model: nn.Module, # trained in place
         ck = torch.load(path, map_location=dev, weights_only=True)
         if ck["key"] != key: raise ValueError(f"checkpoint {path} was written by another recipe or seed; delete it or use another path")
         model.load_state_dict(ck["model"]); opt.load_state_dict(ck["optimizer"])
-        state.epoch, state.iteration, rows, elapsed = ck["epoch"], ck["iteration"], list(ck["rows"]), ck["elapsed"]
+        state.epoch, state.iteration, state.stop = ck["epoch"], ck["iteration"], ck["stop"]
+        rows, elapsed = list(ck["rows"]), ck["elapsed"]
         for c, s in zip(cbs, ck["callbacks"]): c.load_state_dict(s)
         torch.set_rng_state(ck["rng"])
     else:
@@ -366,7 +371,7 @@ def fit(model: nn.Module, # trained in place
     timer = Timer()
     with tqdm(total=recipe.epochs*len(loader), initial=state.iteration, disable=not progress, mininterval=1.0,
               desc=f"fit {recipe.optimizer} lr={recipe.lr:g}", unit="it", leave=True) as bar:
-        for epoch in range(state.epoch, recipe.epochs):
+        for epoch in range(state.epoch, state.epoch if state.stop else recipe.epochs):  # a stopped run is finished
             model.train()
             loader.set_epoch(epoch)
             sums, n = torch.zeros(2 + len(names), device=dev), 0
