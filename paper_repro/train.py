@@ -24,8 +24,8 @@ from .data import DataSplit, TensorLoader, load_dataset
 from .masks import apply_mask, fixed_masks, get_mask, keep_masks, masked_layers
 
 # %% auto #0
-__all__ = ['OPTIMIZERS', 'TRAINS', 'SCHEDULES', 'RECIPES', 'Recipe', 'lr_at', 'MaskedSGD', 'MaskedAdam', 'make_optimizer',
-           'evaluate', 'FitState', 'Callback', 'Snapshot', 'train_step', 'fit', 'get_recipe']
+__all__ = ['OPTIMIZERS', 'TRAINS', 'SCHEDULES', 'HISTORY_COLUMNS', 'RECIPES', 'Recipe', 'lr_at', 'MaskedSGD', 'MaskedAdam',
+           'make_optimizer', 'evaluate', 'FitState', 'Callback', 'Snapshot', 'train_step', 'fit', 'get_recipe']
 
 # %% ../nbs/04_train.ipynb #2a9361cb
 OPTIMIZERS = ("sgd", "adam")
@@ -325,6 +325,18 @@ def _save_checkpoint(path: Path, state: FitState, rows, callbacks, key, elapsed)
                     elapsed=elapsed, rng=torch.get_rng_state()), tmp)
     os.replace(tmp, path)
 
+def _load_checkpoint(path: Path, state: FitState, callbacks, key, device) -> tuple[list, float]:
+    "Restore model, optimizer, progress, callbacks and random state from `path`; return (history rows, elapsed)."
+    ck = torch.load(path, map_location=device, weights_only=True)
+    if ck["key"] != key: raise ValueError(f"checkpoint {path} was written by another recipe or seed; delete it or use another path")
+    state.model.load_state_dict(ck["model"]); state.optimizer.load_state_dict(ck["optimizer"])
+    state.epoch, state.iteration, state.stop = ck["epoch"], ck["iteration"], ck["stop"]
+    for c, s in zip(callbacks, ck["callbacks"]): c.load_state_dict(s)
+    torch.set_rng_state(ck["rng"])
+    return list(ck["rows"]), ck["elapsed"]
+
+HISTORY_COLUMNS = ["epoch", "split", "metric", "value", "density", "lr", "time"]
+
 def fit(model: nn.Module, # trained in place
         data: str | Mapping[str, DataSplit], # dataset name, or {"train": ..., "test": ..., ...}
         recipe: Recipe | str | Mapping, # a Recipe, a name in RECIPES, or Recipe fields
@@ -358,14 +370,7 @@ def fit(model: nn.Module, # trained in place
     on_step = [c for c in cbs if type(c).on_step is not Callback.on_step]
     state, rows, elapsed = FitState(model, opt, recipe, len(loader)), [], 0.0
     key, path = _checkpoint_key(recipe, seed), Path(checkpoint) if checkpoint is not None else None
-    if path is not None and path.exists():
-        ck = torch.load(path, map_location=dev, weights_only=True)
-        if ck["key"] != key: raise ValueError(f"checkpoint {path} was written by another recipe or seed; delete it or use another path")
-        model.load_state_dict(ck["model"]); opt.load_state_dict(ck["optimizer"])
-        state.epoch, state.iteration, state.stop = ck["epoch"], ck["iteration"], ck["stop"]
-        rows, elapsed = list(ck["rows"]), ck["elapsed"]
-        for c, s in zip(cbs, ck["callbacks"]): c.load_state_dict(s)
-        torch.set_rng_state(ck["rng"])
+    if path is not None and path.exists(): rows, elapsed = _load_checkpoint(path, state, cbs, key, dev)
     else:
         for c in cbs: c.on_fit_start(state)
     timer = Timer()
@@ -390,13 +395,12 @@ def fit(model: nn.Module, # trained in place
             state.logged = []
             for c in cbs: c.on_epoch_end(state)
             now, dens = elapsed + timer.elapsed, get_mask(model).density
-            rows += [dict(epoch=state.epoch, split=k, metric=m, value=float(v), density=dens, lr=lr, time=now)
-                     for k, r in results.items() for m, v in r.items()]
-            rows += [dict(epoch=state.epoch, split=k, metric=m, value=v, density=dens, lr=lr, time=now) for k, m, v in state.logged]
+            values = [(k, m, float(v)) for k, r in results.items() for m, v in r.items()] + state.logged
+            rows += [dict(epoch=state.epoch, split=k, metric=m, value=v, density=dens, lr=lr, time=now) for k, m, v in values]
             bar.set_postfix({f"{k} acc": f"{r['acc']:.3f}" for k, r in results.items()})
             if path is not None: _save_checkpoint(path, state, rows, cbs, key, now)
             if state.stop: break
-    return pd.DataFrame(rows, columns=["epoch", "split", "metric", "value", "density", "lr", "time"])
+    return pd.DataFrame(rows, columns=HISTORY_COLUMNS)
 
 # %% ../nbs/04_train.ipynb #cd3ab009
 RECIPES: dict[str, Recipe] = {
