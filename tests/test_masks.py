@@ -16,14 +16,7 @@ from paper_repro.masks import (RULES, Mask, MaskedConv2d, MaskedLayer, MaskedLin
 from paper_repro.models import get_model, prunable_weights, same_state
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small networks on 2 busy cores: OpenMP's barrier waits make each call far slower with 2 threads, so the module
-    runs single-threaded (and restores the setting afterwards)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def lenet(seed=0):
@@ -581,7 +574,8 @@ def _one_layer(kind, rule, seed=0):
         layer = nn.Linear(12, 5) if kind == "linear" else nn.Conv2d(4, 6, 3, stride=2, padding=1, groups=2)
     model = nn.Sequential(layer)
     q = random_mask(model, 0.6, seed=seed + 1)
-    to_masked(model, q, rule=rule, density=0.4 if rule == "topk" else None, seed=seed)
+    to_masked(model, q, rule=rule, density=0.4 if rule == "topk" else None, seed=seed,
+              scores="kaiming_uniform" if rule == "topk" else "uniform")     # topk: signed scores, as Edge-Popup's
     x = torch.randn(3, 12) if kind == "linear" else torch.randn(3, 4, 7, 7)
     return model[0], q["0.weight"], x
 
@@ -605,6 +599,9 @@ def test_score_gradient_is_weight_times_effective_weight_gradient(kind, rule):
     torch.testing.assert_close(y.detach(), y_ref.detach(), rtol=1e-6, atol=1e-6)
     (y_ref * r).sum().backward()
     expected = layer.weight.detach() * w_eff.grad
+    if rule == "topk":                                   # the rule ranks |s|: the estimator passes through abs
+        assert (layer.scores[q] < 0).any() and (layer.scores[q] > 0).any()
+        expected = expected * layer.scores.detach().sign()
     torch.testing.assert_close(layer.scores.grad[q], expected[q], rtol=1e-5, atol=1e-7)
     assert (layer.scores.grad[~q] == 0).all()
     assert (layer.scores.grad[q & ~m.bool()] != 0).any()  # pruned-by-the-rule entries get gradient: straight through

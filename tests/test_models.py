@@ -17,14 +17,7 @@ NAMES_WITH = {opt: [n for n in NAMES if opt in MODELS[n].options] for opt in ("a
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These networks are small: with 2 threads on 2 busy cores, OpenMP's barrier waits make each conv call ~30 ms
-    instead of well under 1 ms, so the module runs single-threaded (and restores the setting afterwards)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small(name, **kw):
@@ -577,3 +570,11 @@ def test_every_listed_choice_builds(name):
             m = small(name, **{option: value}).eval()
             with torch.no_grad():
                 assert m(batch(name)).shape[0] == 2
+
+
+def test_unknown_exclude_lists_each_name_once():
+    """A small model's prunable names are listed in full, without repeating the last one."""
+    with pytest.raises(ValueError) as e:
+        prunable_weights(get_model("lenet-300-100", in_channels=1, input_size=28), exclude=("fc9.weight",))
+    msg = str(e.value)
+    assert "(hidden.0.weight, hidden.1.weight, fc.weight)" in msg and msg.count("fc.weight") == 1

@@ -40,3 +40,37 @@ def test_make_repro_names_an_unknown_notebook():
     r = subprocess.run(["make", "-s", "repro", "NB=fig99"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode != 0
     assert "unknown notebook 'fig99'; experiment notebooks:" in r.stdout + r.stderr and "data_overview" in r.stdout + r.stderr
+
+
+def test_fig3_one_lam_then_all_shares_the_cache(tmp_path, monkeypatch):
+    """`-p lam` runs that GEM-MINER(lam) alone (with its Edge-Popup partner); the full run afterwards loads it from the
+    run cache and computes only the rest; a third run computes nothing."""
+    run("fig3", tmp_path, monkeypatch, preset="smoke", lam=3e-4)
+    out = tmp_path / "smoke" / "fig3"
+    summary = pd.read_csv(out / "summary.csv")
+    assert summary.lam.tolist() == [3e-4, 3e-4] and summary.method.tolist() == ["GM", "EP"]
+    first = json.loads((out / "provenance.json").read_text())
+    assert first["runs_loaded"] == 0 and first["runs_computed"] == 4       # GM, its finetune, EP, its finetune
+    run("fig3", tmp_path, monkeypatch, preset="smoke")
+    second = json.loads((out / "provenance.json").read_text())
+    assert second["runs_loaded"] == 4 and second["runs_computed"] == 2     # + GM(0) and its finetune
+    run("fig3", tmp_path, monkeypatch, preset="smoke")
+    third = json.loads((out / "provenance.json").read_text())
+    assert third["runs_computed"] == 0 and third["runs_loaded"] == 6
+    for f in ("fig3.png", "results.parquet", "summary.csv", "claims.csv"):
+        assert (out / f).stat().st_size > 100
+    claims = pd.read_csv(out / "claims.csv")
+    assert list(claims.columns) == ["claim", "measured", "condition", "holds"] and len(claims) >= 5
+
+
+def test_fig3_paper_lam_at_another_preset_keeps_its_paper_target(tmp_path, monkeypatch):
+    """`-p lam 1.5e-5` is the README's command: at any preset it runs GEM-MINER(1.5e-5) to the paper's 1.4%."""
+    run("fig3", tmp_path, monkeypatch, preset="smoke", lam=1.5e-5)
+    s = pd.read_csv(tmp_path / "smoke" / "fig3" / "summary.csv").set_index("method")
+    assert s.loc["GM", "lam"] == 1.5e-5 and s.loc["GM", "target"] == 0.014
+    assert abs(s.loc["GM", "density"] - 0.014) < 1e-4 and s.loc["EP", "density"] == pytest.approx(s.loc["GM", "density"], abs=1e-4)
+
+
+def test_fig3_unknown_lam_needs_a_density(tmp_path, monkeypatch):
+    with pytest.raises(pm.PapermillExecutionError, match="give its target with -p density"):
+        run("fig3", tmp_path, monkeypatch, preset="smoke", lam=1e-3)

@@ -20,14 +20,7 @@ from paper_repro.train import (OPTIMIZERS, RECIPES, SCHEDULES, TRAINS, Callback,
                                Recipe, Snapshot, evaluate, fit, get_recipe, lr_at, make_optimizer)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These networks are small: with 2 threads on 2 busy cores, OpenMP's barrier waits make each conv call ~30 ms
-    instead of well under 1 ms, so the module runs single-threaded (and restores the setting afterwards)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,180 @@
+"""paper_repro.gem_miner: the freezing schedule, exact densities under the bound, the regulariser, the STE-trained
+scores, layer collapse, the official-code options, caching, presets against the paper's tables, errors."""
+import math
+import warnings
+
+import pytest
+import torch
+
+from paper_repro.gem_miner import (FIG3, REGULARIZERS, TABLE15, Miner, freeze, freezing_bound, freezing_events,
+                                   gem_miner, score_regularizer)
+from paper_repro.masks import Mask, get_mask, masked_layers, to_masked
+from paper_repro.models import get_model
+from paper_repro.train import RECIPES, get_recipe, model_for
+
+SPEC = model_for("digits", "lenet-300-100", seed=0, init="signed_constant", bias=False)
+RECIPE = get_recipe("cpu", epochs=6, batch_size=64, lr=0.5, weight_decay=0)
+
+
+pytestmark = pytest.mark.usefixtures("one_thread", "tmp_outputs")
+
+
+def curves(ticket):
+    return ticket.history.query("split == 'train'").pivot_table(index="epoch", columns="metric", values="value")
+
+
+@pytest.mark.parametrize("epochs,period", [(150, 5), (300, 5), (20, 2), (12, 4), (7, 3)])
+@pytest.mark.parametrize("density", [0.5, 0.05, 0.014, 0.005])
+def test_paper_events_end_at_the_target(epochs, period, density):
+    """Events at j = T, 2T, ... <= E leave e^{-cj}; the sign of Algorithm 1's e^{cT} is a typo: each event keeps
+    e^{-cT} of the active entries."""
+    ev = freezing_events(epochs, period, density)
+    assert list(ev) == list(range(period, epochs + 1, period))
+    c = math.log(1 / density) / epochs
+    for j, f in ev.items():
+        assert f == pytest.approx(math.exp(-c * j), rel=1e-12) and f == pytest.approx(freezing_bound(j, epochs, density))
+    js = list(ev)
+    for a, b in zip(js, js[1:]):
+        assert ev[b] / ev[a] == pytest.approx(math.exp(-c * period), rel=1e-9)
+    if epochs % period == 0:
+        assert ev[epochs] == pytest.approx(density, rel=1e-12)
+
+
+def test_official_events():
+    """N = floor((E-1)/T) events after 1-based epochs T+1, 2T+1, ..., each keeping d^{1/N} of the active."""
+    ev = freezing_events(150, 5, 0.0144, "official")
+    assert list(ev) == [5 * k + 1 for k in range(1, 30)]
+    assert ev[146] == pytest.approx(0.0144) and ev[6] == pytest.approx(0.0144 ** (1 / 29))
+
+
+def test_no_target_no_events():
+    assert freezing_events(20, 2, None) == {}
+
+
+def test_freeze_keeps_exactly_the_largest_active_scores():
+    model = to_masked(get_model(**SPEC), rule="round", seed=3)
+    layers = masked_layers(model)
+    p = torch.cat([l.scores.detach().flatten() for l in layers.values()])
+    total = p.numel()
+    for keep in (total // 2, 1000, 37, 0):
+        before = torch.cat([l.mask.flatten() for l in layers.values()]).bool()
+        freeze(model, keep)
+        q = torch.cat([l.mask.flatten() for l in layers.values()]).bool()
+        assert int(q.sum()) == keep and not (q & ~before).any()
+        if keep and (before & ~q).any():
+            assert p[q].min() >= p[before & ~q].max()
+    with pytest.raises(ValueError, match="keep=5"):
+        freeze(model, 5)
+
+
+def test_freeze_ties_keep_exact_count():
+    model = to_masked(get_model(**SPEC), rule="round", scores={n: torch.ones(w.shape) for n, w in
+                      [(n, l.weight) for n, l in masked_layers(to_masked(get_model(**SPEC), rule="round")).items()]})
+    freeze(model, 1234)
+    assert sum(int(l.mask.sum()) for l in masked_layers(model).values()) == 1234
+
+
+@pytest.mark.parametrize("density", [0.5, 0.05, 0.014, 0.005])
+def test_final_density_is_the_target_and_the_bound_holds(density):
+    """lam = 0: the final mask r(p) ⊙ q keeps the target's weights up to one weight per freezing event, and after every
+    event the frozen density is at or below the bound."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t = gem_miner(SPEC, "digits", density, 0.0, RECIPE, period=2, cache=False, progress=False)
+    total = t.mask.size
+    events = freezing_events(RECIPE.epochs, 2, density)
+    assert abs(t.mask.nonzeros - density * total) <= len(events)
+    c = curves(t)
+    for j in events:
+        assert c.loc[j, "frozen_density"] <= freezing_bound(j, RECIPE.epochs, density) + 1e-12
+        assert c.loc[j, "bound"] == pytest.approx(freezing_bound(j, RECIPE.epochs, density))
+    assert Mask(t.extras["frozen"]).density <= density + 1e-12
+    # the mask is r(p) ⊙ q, built from the stored scores and q
+    assert t.mask == Mask(t.extras["frozen"]) & Mask({n: s > 0.5 for n, s in t.extras["scores"].items()})
+
+
+def test_scores_stay_in_unit_interval_and_weights_frozen():
+    t = gem_miner(SPEC, "digits", 0.1, 1e-4, RECIPE, period=2, cache=False, progress=False)
+    init = get_model(**SPEC).state_dict()
+    for n, s in t.extras["scores"].items():
+        assert 0 <= s.min() and s.max() <= 1
+    for n, w in t.weights.items():
+        if n.endswith("weight"):
+            assert torch.equal(w, init[n]), n      # the weights never train
+
+
+def test_gm0_has_no_freezing_and_settles_by_itself():
+    t = gem_miner(SPEC, "digits", None, 0.0, RECIPE, period=2, cache=False, progress=False)
+    c = curves(t)
+    assert "bound" not in c.columns and (c.frozen_density == 1.0).all()
+    assert 0.3 < t.density < 0.7
+
+
+def test_regularizers():
+    model = to_masked(get_model(**SPEC), rule="round", seed=0)
+    p = [l.scores for l in masked_layers(model).values()]
+    assert score_regularizer(2e-3, "L2")(model).item() == pytest.approx(2e-3 * sum((x ** 2).sum().item() for x in p), rel=1e-5)
+    assert score_regularizer(2e-3, "L1")(model).item() == pytest.approx(2e-3 * sum(x.abs().sum().item() for x in p), rel=1e-5)
+    assert set(REGULARIZERS) == {"L1", "L2"}
+
+
+def test_larger_lam_is_sparser():
+    d = [gem_miner(SPEC, "digits", None, lam, RECIPE, period=2, cache=False, progress=False).density for lam in (0.0, 1e-4, 1e-3)]
+    assert d[0] > d[1] > d[2]
+
+
+def test_unflag_gives_q_and_invert_keeps_small_scores():
+    a = gem_miner(SPEC, "digits", 0.05, 1e-4, RECIPE, period=2, unflag=True, cache=False, progress=False)
+    assert a.mask == Mask(a.extras["frozen"])
+    with pytest.warns(UserWarning, match="layer collapse"):   # keeping the smallest scores: r(p) ⊙ q empties
+        b = gem_miner(SPEC, "digits", 0.05, 0.0, RECIPE, period=2, invert=True, unflag=True, cache=False, progress=False)
+    q = Mask(b.extras["frozen"])
+    assert q.density == pytest.approx(math.floor(0.05 * q.size) / q.size)
+
+
+def test_layer_collapse_is_recorded_and_warned():
+    """A regulariser far too strong pushes every score under 1/2: collapse is counted, listed and warned about."""
+    with pytest.warns(UserWarning, match="layer collapse"):
+        t = gem_miner(SPEC, "digits", None, 1.0, RECIPE, period=2, cache=False, progress=False)
+    assert t.info["collapsed"] and t.info["collapse_epoch"] is not None
+    assert curves(t).collapsed.max() >= 1
+
+
+def test_cached_run_loads_and_finetunes_from_cache():
+    from paper_repro.runs import STATS
+    from paper_repro.train import finetune
+    a = gem_miner(SPEC, "digits", 0.1, 1e-4, RECIPE, period=2, progress=False)
+    hits = STATS["hits"]
+    b = gem_miner(SPEC, "digits", 0.1, 1e-4, RECIPE, period=2, progress=False)
+    assert STATS["hits"] == hits + 1 and a.key == b.key and a.mask == b.mask
+    assert all(torch.equal(a.extras["scores"][n], b.extras["scores"][n]) for n in a.extras["scores"])
+    tune = get_recipe("cpu", epochs=1, batch_size=64)
+    n1, h1 = finetune(b, "digits", tune, progress=False)
+    n2, h2 = finetune(b, "digits", tune, progress=False)
+    assert STATS["hits"] == hits + 2 and h1.equals(h2)
+    assert Mask.from_weights(n1) & b.mask == Mask.from_weights(n1)
+
+
+def test_presets_match_the_tables():
+    p = FIG3["paper"]
+    assert p["model"] == "mobilenet-v2" and p["data"] == "cifar10" and p["period"] == 5
+    assert p["lams"] == [0.0, 3e-6, 7e-6, 1.5e-5] and p["mine_lrs"] == [0.05, 0.1, 0.1, 0.1]
+    assert (p["mine"]["epochs"], p["mine"]["schedule"], p["mine"]["weight_decay"]) == (300, "cosine", 0.0)
+    r = RECIPES["gems-finetune-mobilenet-v2"]
+    assert (r.epochs, r.batch_size, r.lr, r.milestones, r.weight_decay) == (300, 128, 0.1, (150, 250), 1e-4)
+    assert RECIPES["gems-finetune-resnet20"].lr == 0.01 and RECIPES["gems-finetune-resnet20-50%"].lr == 0.1
+    assert TABLE15["vgg16-gems"] == (200, 128, 0.05, (100, 150))
+    for preset in FIG3.values():
+        assert len(preset["lams"]) == len(preset["targets"])
+
+
+@pytest.mark.parametrize("kw,words", [
+    (dict(density=0.0), "density=0.0"), (dict(density=1.5), "density=1.5"), (dict(density=-0.1), "density=-0.1"),
+    (dict(lam=-1e-6), "lam=-1e-06"), (dict(lam=float("nan")), "lam=nan"), (dict(period=0), "period=0"),
+    (dict(period=7), "period=7"), (dict(period=2.5), "period=2.5"), (dict(regularizer="L3"), "regularizer='L3'"),
+    (dict(events="often"), "events='often'"),
+])
+def test_bad_input(kw, words):
+    args = {**dict(density=0.1, lam=0.0, period=2), **kw}
+    with pytest.raises(ValueError, match=words.replace("(", r"\(").replace("[", r"\[")):
+        gem_miner(SPEC, "digits", args.pop("density"), args.pop("lam"), RECIPE, cache=False, progress=False, **args)
