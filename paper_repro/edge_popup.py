@@ -15,7 +15,7 @@ from torch import nn
 from .masks import check_density, get_mask, masked_layers, plain_state, to_masked
 from .models import get_model
 from .runs import CHECKPOINT, cached_run
-from .train import RECIPES, Recipe, Ticket, as_recipe, fit
+from .train import RECIPES, Recipe, Ticket, as_recipe, check_model, fit
 
 # %% auto #0
 __all__ = ['CACHE_VERSION', 'SCORE_INITS', 'edge_popup']
@@ -47,15 +47,13 @@ def edge_popup(model: Mapping, # get_model arguments (e.g. `model_for(data, name
               ) -> Ticket:
     "Edge-Popup: learn per-layer top-k masks over frozen random weights; return the ticket (mask, initial weights, history)."
     density = check_density(density)
-    if not isinstance(model, Mapping) or "name" not in model:
-        raise ValueError(f"model={model!r:.80}: use the arguments of get_model as a dict, e.g. model_for('digits', 'lenet-300-100')")
+    if not isinstance(model, Mapping): check_model(model)         # the error for a non-dict
     if scores not in SCORE_INITS: raise ValueError(f"scores={scores!r}: use one of {', '.join(map(repr, SCORE_INITS))}")
     recipe = as_recipe(recipe)
     if recipe.trains != "scores":
         raise ValueError(f"recipe.trains={recipe.trains!r}: Edge-Popup trains only the scores (weights stay at their "
                          "initialisation); use a recipe with trains='scores', e.g. get_recipe('ep-cpu')")
-    spec = {"init": "signed_constant", "seed": seed, **model}
-    if spec["seed"] is None: raise ValueError("model['seed']=None: give the weights a seed, so the run can be repeated and cached")
+    spec = check_model({"init": "signed_constant", "seed": seed, **model})
     net = to_masked(get_model(**spec), rule="topk", density=density, scores=scores, seed=seed)  # checks every layer keeps ≥ 1
 
     def search(config=None, workdir: Path | None = None) -> Ticket:

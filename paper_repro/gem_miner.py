@@ -18,7 +18,7 @@ from .data import load_dataset
 from .masks import Mask, check_density, get_mask, masked_layers, plain_state, to_masked, top_count
 from .models import get_model
 from .runs import CHECKPOINT, Result, cached_run
-from .train import (RECIPES, Callback, FitState, Recipe, Ticket, as_recipe, evaluate, finetune, fit,
+from .train import (RECIPES, Callback, FitState, Recipe, Ticket, as_recipe, check_model, evaluate, finetune, fit,
                                get_recipe, model_for)
 
 CACHE_VERSION = 1
@@ -121,7 +121,7 @@ def gem_miner(model: Mapping, # get_model arguments, e.g. model_for("fashion-mni
         raise ValueError(f"period={period!r}: freeze every 1..{recipe.epochs} epochs (the recipe has {recipe.epochs})")
     reg = score_regularizer(lam, regularizer)
     schedule = freezing_events(recipe.epochs, period, density, events)
-    if not isinstance(model, Mapping): raise ValueError("model: give get_model arguments (a dict, e.g. from model_for), not a network")
+    model = check_model(model)
     config = dict(model=dict(model), data=data, density=density, lam=lam, recipe=recipe, period=period,
                   regularizer=regularizer, seed=seed, events=events, unflag=unflag, invert=invert)
 

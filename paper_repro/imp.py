@@ -20,7 +20,7 @@ from .data import DataSplit, load_dataset
 from .masks import Mask, apply_mask, check_density, keep_count, magnitude
 from .models import get_model, prunable_weights
 from .runs import CHECKPOINT, Result, Run, cached_run, run_hash
-from .train import RECIPES, Recipe, Snapshot, Ticket, as_recipe, evaluate, fit
+from .train import RECIPES, Recipe, Snapshot, Ticket, as_recipe, check_model, evaluate, fit
 
 # %% auto #0
 __all__ = ['CACHE_VERSION', 'imp_rounds', 'imp_schedule', 'imp_counts', 'imp_prune', 'round_recipe', 'rewound', 'IMPResult',
@@ -157,15 +157,6 @@ def _imp_splits(data, cache: bool) -> dict[str, DataSplit]:
         return dict(data)
     raise ValueError(f"data={data!r:.80}: use a dataset name or a dict of split name -> DataSplit with 'train' and 'test'")
 
-def _check_model(model) -> dict:
-    if not isinstance(model, Mapping) or "name" not in model:
-        raise ValueError(f"model={model!r:.80}: use get_model arguments, e.g. model_for('digits', 'lenet-300-100', seed=0)")
-    seed = model.get("seed")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"model has seed={seed!r}: give an integer seed (model_for(..., seed=0)) so every round and "
-                         "every resumed run rebuilds the same initialisation")
-    return dict(model)
-
 # %% ../nbs/13_imp.ipynb #ec5cb639
 def imp(model: Mapping, # get_model arguments (from model_for), with an integer seed
         data: str | Mapping[str, DataSplit], # dataset name (cacheable), or 'train'/'test' splits with cache=False
@@ -181,7 +172,7 @@ def imp(model: Mapping, # get_model arguments (from model_for), with an integer 
         root: str | Path | None = None, # run cache root (default outputs/runs)
        ) -> IMPResult:
     "Iterative magnitude pruning to `density` with rewinding: trained rounds, per-round masks and states, and the ticket."
-    density, fraction, model = check_density(density), _check_fraction(fraction), _check_model(model)
+    density, fraction, model = check_density(density), _check_fraction(fraction), check_model(model)
     rr, splits = round_recipe(recipe, epochs_per_round), _imp_splits(data, cache)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0: raise ValueError(f"seed={seed!r}: use an integer >= 0")
     net0 = get_model(**model)

@@ -28,7 +28,7 @@ from .runs import Result, Run, cached_run
 # %% auto #0
 __all__ = ['OPTIMIZERS', 'TRAINS', 'SCHEDULES', 'HISTORY_COLUMNS', 'RECIPES', 'Recipe', 'lr_at', 'MaskedSGD', 'MaskedAdam',
            'make_optimizer', 'evaluate', 'FitState', 'Callback', 'Snapshot', 'train_step', 'as_recipe', 'fit',
-           'get_recipe', 'model_for', 'Ticket', 'finetune']
+           'get_recipe', 'model_for', 'check_model', 'Ticket', 'finetune']
 
 # %% ../nbs/04_train.ipynb #2a9361cb
 OPTIMIZERS = ("sgd", "adam")
@@ -422,6 +422,16 @@ def model_for(data: str, name: str, **options) -> dict:
     "get_model arguments for `name` on dataset `data` (channels, input size and classes from the registry)."
     c, h, _ = get_info(data).input_shape
     return dict(name=name, num_classes=get_info(data).num_classes, in_channels=c, input_size=h, **options)
+
+def check_model(model) -> dict:
+    "`model` as get_model arguments (a dict with a name and an integer seed: a cached or resumed run must rebuild the same weights)."
+    if not isinstance(model, Mapping) or "name" not in model:
+        raise ValueError(f"model={model!r:.80}: use get_model arguments as a dict, e.g. model_for('digits', 'lenet-300-100', seed=0)")
+    seed = model.get("seed")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"model['seed']={seed!r}: give an integer seed (model_for(..., seed=0)) so that every run of it, "
+                         "cached or resumed, rebuilds the same initialisation")
+    return dict(model)
 
 @dataclass
 class Ticket:

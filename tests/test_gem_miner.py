@@ -178,3 +178,11 @@ def test_bad_input(kw, words):
     args = {**dict(density=0.1, lam=0.0, period=2), **kw}
     with pytest.raises(ValueError, match=words.replace("(", r"\(").replace("[", r"\[")):
         gem_miner(SPEC, "digits", args.pop("density"), args.pop("lam"), RECIPE, cache=False, progress=False, **args)
+
+
+def test_model_without_a_seed_is_refused():
+    """A seedless model would draw new weights on every call under one cache key."""
+    with pytest.raises(ValueError, match=r"model\['seed'\]=None"):
+        gem_miner(model_for("digits", "lenet-300-100"), "digits", 0.1, 0.0, RECIPE, period=2, progress=False)
+    with pytest.raises(ValueError, match="model_for"):
+        gem_miner("lenet-300-100", "digits", 0.1, 0.0, RECIPE, period=2, progress=False)

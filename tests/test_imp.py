@@ -321,7 +321,7 @@ def test_killed_imp_resumes_in_the_round_it_was_in(kill_round, rewind, tmp_path,
     (dict(rewind=-1), r"rewind=-1.*up to 46"), (dict(rewind=47), r"rewind=47.*2 epochs × 23"), (dict(rewind=2.0), "rewind=2.0"),
     (dict(epochs_per_round=0), "epochs_per_round=0"), (dict(epochs_per_round=1.5), "epochs_per_round=1.5"),
     (dict(recipe="fast"), "'fast'.*imp-resnet20"), (dict(model="lenet-300-100"), "model='lenet-300-100'.*model_for"),
-    (dict(model=dict(SPEC, seed=None)), "seed=None"), (dict(exclude=["fc.bias"]), r"exclude=\['fc.bias'\]"),
+    (dict(model=dict(SPEC, seed=None)), r"model\['seed'\]=None"), (dict(exclude=["fc.bias"]), r"exclude=\['fc.bias'\]"),
     (dict(exclude=["first", "hidden.1.weight", "last"]), "leaves no tensor"), (dict(seed=-1), "seed=-1"),
     (dict(data="digitz"), "digitz"), (dict(data={"train": None}), "dataset name or a dict"),
 ])
