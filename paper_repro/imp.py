@@ -16,11 +16,11 @@ from torch import nn
 from tqdm import tqdm
 
 from .core import get_device
-from .data import DataSplit, load_dataset
+from .data import DataSplit
 from .masks import Mask, apply_mask, check_density, keep_count, magnitude
 from .models import get_model, prunable_weights
 from .runs import CHECKPOINT, Result, Run, cached_run, run_hash
-from .train import RECIPES, Recipe, Snapshot, Ticket, as_recipe, check_model, evaluate, fit
+from .train import RECIPES, Recipe, Snapshot, Ticket, _splits, as_recipe, check_model, evaluate, fit
 
 # %% auto #0
 __all__ = ['CACHE_VERSION', 'imp_rounds', 'imp_schedule', 'imp_counts', 'imp_prune', 'round_recipe', 'rewound', 'IMPResult',
@@ -150,12 +150,12 @@ class IMPResult:
 
 # %% ../nbs/13_imp.ipynb #3d364850
 def _imp_splits(data, cache: bool) -> dict[str, DataSplit]:
-    if isinstance(data, str): return {"train": load_dataset(data, "train"), "test": load_dataset(data, "test")}
-    if isinstance(data, Mapping) and all(isinstance(v, DataSplit) for v in data.values()) and {"train", "test"} <= set(data):
-        if cache: raise ValueError("data given as splits cannot be cached (its key would be the tensors): "
-                                   "pass cache=False, or a dataset name")
-        return dict(data)
-    raise ValueError(f"data={data!r:.80}: use a dataset name or a dict of split name -> DataSplit with 'train' and 'test'")
+    "fit's splits, which IMP needs with a test split (its per-round accuracy); splits given as tensors are not cacheable."
+    splits = _splits(data)
+    if "test" not in splits: raise ValueError(f"data has splits {sorted(splits)}: IMP needs 'train' and 'test'")
+    if cache and not isinstance(data, str):
+        raise ValueError("data given as splits cannot be cached (its key would be the tensors): pass cache=False, or a dataset name")
+    return splits
 
 # %% ../nbs/13_imp.ipynb #ec5cb639
 def imp(model: Mapping, # get_model arguments (from model_for), with an integer seed

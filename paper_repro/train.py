@@ -105,7 +105,7 @@ def lr_at(recipe: Recipe, epoch: int, progress: float = 1.0) -> float:
 
 # %% ../nbs/04_train.ipynb #94fb8075
 class _Masked(torch.optim.Optimizer):
-    "Shared by `MaskedSGD` and `MaskedAdam`: the `masks` mapping and the split of a group into masked / unmasked."
+    "Shared by `MaskedSGD` and `MaskedAdam`: the `masks` mapping, the step over groups, the masked fused update."
     def __init__(self, params, defaults, masks: Mapping[torch.Tensor, torch.Tensor] | None = None):
         super().__init__(params, defaults)
         self.masks = dict(masks or {})
@@ -127,6 +127,17 @@ class _Masked(torch.optim.Optimizer):
         if plain:
             p, u = map(list, zip(*plain)); torch._foreach_add_(p, u, alpha=-scale)
 
+    @torch.no_grad()
+    def step(self, closure=None):
+        "One step: for every group with gradients, the subclass's `_update` (which ends in `_apply`)."
+        loss = None
+        if closure is not None:
+            with torch.enable_grad(): loss = closure()
+        for g in self.param_groups:
+            params, grads = self._grads(g)
+            if params: self._update(g, params, grads)
+        return loss
+
     def _grads(self, group):
         params = [p for p in group["params"] if p.grad is not None]
         grads = [p.grad for p in params]
@@ -138,52 +149,36 @@ class MaskedSGD(_Masked):
     def __init__(self, params, lr: float, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0, masks=None):
         super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay), masks)
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad(): loss = closure()
-        for g in self.param_groups:
-            params, grads = self._grads(g)
-            if not params: continue
-            mu, upd = g["momentum"], grads
-            if mu:
-                old_b, old_g = [], []
-                for p, gr in zip(params, grads):
-                    st = self.state[p]
-                    if "momentum_buffer" in st: old_b.append(st["momentum_buffer"]); old_g.append(gr)
-                    else: st["momentum_buffer"] = gr.detach().clone()   # first step: the gradient (as torch.optim.SGD)
-                if old_b: torch._foreach_mul_(old_b, mu); torch._foreach_add_(old_b, old_g)
-                bufs = [self.state[p]["momentum_buffer"] for p in params]
-                upd = torch._foreach_add(grads, bufs, alpha=mu) if g["nesterov"] else bufs
-            self._apply(params, upd, g["lr"])
-        return loss
+    def _update(self, g, params, grads):
+        mu, upd = g["momentum"], grads
+        if mu:
+            old_b, old_g = [], []
+            for p, gr in zip(params, grads):
+                st = self.state[p]
+                if "momentum_buffer" in st: old_b.append(st["momentum_buffer"]); old_g.append(gr)
+                else: st["momentum_buffer"] = gr.detach().clone()   # first step: the gradient (as torch.optim.SGD)
+            if old_b: torch._foreach_mul_(old_b, mu); torch._foreach_add_(old_b, old_g)
+            bufs = [self.state[p]["momentum_buffer"] for p in params]
+            upd = torch._foreach_add(grads, bufs, alpha=mu) if g["nesterov"] else bufs
+        self._apply(params, upd, g["lr"])
 
 class MaskedAdam(_Masked):
     "Adam with L2 weight decay (as `torch.optim.Adam`); the update of each masked weight is multiplied by its mask."
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0, masks=None):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, step=0), masks)
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad(): loss = closure()
-        for g in self.param_groups:
-            params, grads = self._grads(g)
-            if not params: continue
-            (b1, b2), g["step"] = g["betas"], g["step"] + 1
-            for p in params:
-                if "exp_avg" not in self.state[p]:
-                    self.state[p]["exp_avg"], self.state[p]["exp_avg_sq"] = torch.zeros_like(p), torch.zeros_like(p)
-            m1 = [self.state[p]["exp_avg"] for p in params]
-            m2 = [self.state[p]["exp_avg_sq"] for p in params]
-            torch._foreach_lerp_(m1, grads, 1 - b1)
-            torch._foreach_mul_(m2, b2); torch._foreach_addcmul_(m2, grads, grads, value=1 - b2)
-            denom = torch._foreach_sqrt(m2)
-            torch._foreach_div_(denom, math.sqrt(1 - b2**g["step"])); torch._foreach_add_(denom, g["eps"])
-            self._apply(params, torch._foreach_div(m1, denom), g["lr"]/(1 - b1**g["step"]))
-        return loss
+    def _update(self, g, params, grads):
+        (b1, b2), g["step"] = g["betas"], g["step"] + 1
+        for p in params:
+            if "exp_avg" not in self.state[p]:
+                self.state[p]["exp_avg"], self.state[p]["exp_avg_sq"] = torch.zeros_like(p), torch.zeros_like(p)
+        m1 = [self.state[p]["exp_avg"] for p in params]
+        m2 = [self.state[p]["exp_avg_sq"] for p in params]
+        torch._foreach_lerp_(m1, grads, 1 - b1)
+        torch._foreach_mul_(m2, b2); torch._foreach_addcmul_(m2, grads, grads, value=1 - b2)
+        denom = torch._foreach_sqrt(m2)
+        torch._foreach_div_(denom, math.sqrt(1 - b2**g["step"])); torch._foreach_add_(denom, g["eps"])
+        self._apply(params, torch._foreach_div(m1, denom), g["lr"]/(1 - b1**g["step"]))
 
 # %% ../nbs/04_train.ipynb #c0c4ef97
 def _score_params(model: nn.Module) -> list[nn.Parameter]:
