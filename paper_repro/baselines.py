@@ -7,15 +7,20 @@ from __future__ import annotations
 
 from fractions import Fraction
 from numbers import Integral
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from torch import nn
 
 from .masks import Mask, check_density, keep_count, random_mask
-from .models import prunable_layers, prunable_weights
+from .models import get_model, prunable_layers, prunable_weights
+from .runs import run_hash
+from .train import Ticket, check_model
+
+CACHE_VERSION = 1  # bump when smart_ratio_ticket changes the ticket a configuration gives
 
 # %% auto #0
-__all__ = ['SR_FAMILIES', 'sr_score', 'smart_ratio', 'smart_ratio_linear', 'smart_ratio_layers', 'smart_ratio_mask']
+__all__ = ['CACHE_VERSION', 'SR_FAMILIES', 'sr_score', 'smart_ratio', 'smart_ratio_linear', 'smart_ratio_layers',
+           'smart_ratio_mask', 'smart_ratio_ticket']
 
 # %% ../nbs/12_baselines.ipynb #f3319d02
 def _resnet_score(L: int, l: int) -> Fraction: return Fraction((L - l + 1) ** 2 + (L - l + 1))
@@ -114,3 +119,21 @@ def smart_ratio_mask(model: nn.Module, # any model
     ratios = smart_ratio_layers(model, density, family, linear_keep, exclude, linear)
     shapes = {n: w.shape for n, w in prunable_weights(model, exclude).items()}
     return random_mask(shapes, ratios, seed=seed)
+
+# %% ../nbs/12_baselines.ipynb #e446f331
+def smart_ratio_ticket(model: Mapping, # get_model arguments with an integer seed (e.g. model_for(data, name, seed=0, init="kaiming_normal"))
+                       density: float, # kept fraction of the prunable weights
+                       family: str = "resnet", # "resnet", "mobilenet" or "vgg"
+                       linear_keep: float = 0.3,
+                       seed: int = 0, # the positions kept
+                       exclude: Sequence[str] = (),
+                       linear: Sequence[str] | None = None,
+                      ) -> Ticket:
+    "A Smart-Ratio random ticket of the network `model`: its mask and initial weights, with a cache key."
+    model = check_model(model)
+    net = get_model(**model)
+    mask = smart_ratio_mask(net, density, family, linear_keep, seed, exclude, linear)
+    config = dict(model=dict(model), density=density, family=family, linear_keep=linear_keep, seed=seed,
+                  exclude=list(exclude) if not isinstance(exclude, str) else [exclude], linear=None if linear is None else list(linear))
+    info = dict(algorithm="smart_ratio", density=mask.density, family=family)
+    return Ticket(mask, net.state_dict(), dict(model), info=info, key=f"sr-{run_hash('sr', config, CACHE_VERSION)}")

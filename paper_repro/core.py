@@ -24,10 +24,10 @@ import pandas as pd
 import torch
 
 # %% auto #0
-__all__ = ['DATA_ENV', 'OUTPUTS_ENV', 'EXPERIMENT_NOTEBOOK', 'DEVICE_ENV', 'PRESETS', 'PRESET_ENV', 'repo_root', 'data_dir',
-           'outputs_dir', 'experiment_dir', 'experiment_notebooks', 'save_json', 'DeviceUnavailableError', 'get_device',
-           'seed_everything', 'resolve_preset', 'fill_preset', 'watch_parameters', 'provenance', 'Timer', 'interleaved',
-           'timing_summary']
+__all__ = ['DATA_ENV', 'OUTPUTS_ENV', 'EXPERIMENT_NOTEBOOK', 'RUN_FIRST', 'DEVICE_ENV', 'PRESETS', 'PRESET_ENV', 'repo_root',
+           'data_dir', 'outputs_dir', 'experiment_dir', 'experiment_notebooks', 'save_json', 'DeviceUnavailableError',
+           'get_device', 'seed_everything', 'resolve_preset', 'fill_preset', 'watch_parameters', 'provenance', 'Timer',
+           'interleaved', 'timing_summary']
 
 # %% ../nbs/00_core.ipynb #fa678f17
 def _expect_error(f, exc, *contains):
@@ -84,11 +84,14 @@ def experiment_dir(name: str, # notebook name, e.g. "fig3"
 
 EXPERIMENT_NOTEBOOK = re.compile(r"^(fig\d+|rti_fig\d+|sanity_fig\w+|asni_(fig|table)\d+|data_\w+)$")
 
+RUN_FIRST = ("fig4",)  # notebooks that compute the runs other notebooks read
+
 def experiment_notebooks(nbs: str | Path | None = None, # notebook folder (default: the checkout's nbs/)
                         ) -> list[str]:
-    "Names of the experiment notebooks (the papers' figures and tables, and data overviews), sorted."
+    "Names of the experiment notebooks (the papers' figures and tables, and data overviews): `RUN_FIRST`, then sorted."
     nbs = Path(nbs) if nbs is not None else (repo_root() or Path.cwd())/"nbs"
-    return sorted(p.stem for p in nbs.glob("*.ipynb") if EXPERIMENT_NOTEBOOK.match(p.stem))
+    names = sorted(p.stem for p in nbs.glob("*.ipynb") if EXPERIMENT_NOTEBOOK.match(p.stem))
+    return [n for n in RUN_FIRST if n in names] + [n for n in names if n not in RUN_FIRST]
 
 def save_json(obj: Any, path: str | Path) -> Path:
     "Write `obj` as indented JSON (non-JSON values as strings); return the path."

@@ -18,11 +18,11 @@ from .core import interleaved
 
 # %% auto #0
 __all__ = ['VGG_CONFIGS', 'MOBILENET_V2_CONFIG', 'MOBILENET_V1_CONFIG', 'INITS', 'BN_INITS', 'BIAS_INITS', 'MODELS', 'channels',
-           'dense', 'dense_forward', 'conv', 'MLP', 'ConvNet', 'VGG', 'PadShortcut', 'shortcut', 'BasicBlock',
-           'Bottleneck', 'ResNet', 'WideBlock', 'WideResNet', 'InvertedResidual', 'MobileNetV2', 'MobileNetV1', 'fans',
-           'as_generator', 'kaiming_normal', 'kaiming_uniform', 'xavier_normal', 'signed_constant', 'unsigned_constant',
-           'initialize', 'same_state', 'ModelSpec', 'register_model', 'get_model', 'count_parameters',
-           'prunable_layers', 'prunable_weights', 'model_table']
+           'dense', 'dense_forward', 'conv', 'MLP', 'ConvNet', 'SmallCNN', 'VGG', 'PadShortcut', 'shortcut',
+           'BasicBlock', 'Bottleneck', 'ResNet', 'WideBlock', 'WideResNet', 'InvertedResidual', 'MobileNetV2',
+           'MobileNetV1', 'fans', 'as_generator', 'kaiming_normal', 'kaiming_uniform', 'xavier_normal',
+           'signed_constant', 'unsigned_constant', 'initialize', 'same_state', 'ModelSpec', 'register_model',
+           'get_model', 'count_parameters', 'prunable_layers', 'prunable_weights', 'model_table']
 
 # %% ../nbs/02_models.ipynb #7beeba96
 def channels(c: int, width: float) -> int:
@@ -74,6 +74,24 @@ class ConvNet(nn.Module):
         for i, layer in enumerate(self.convs):
             x = F.relu(layer(x))
             if i % 2: x = F.max_pool2d(x, 2)
+        for layer in self.hidden: x = F.relu(dense_forward(layer, x))
+        return dense_forward(self.fc, x)
+
+# %% ../nbs/02_models.ipynb #ba2106a8
+class SmallCNN(nn.Module):
+    "3×3 stride-2 convs with `channels`, then dense layers `hidden` and the classifier (no pooling)."
+    def __init__(self, channels: Sequence[int], hidden: Sequence[int], num_classes: int, in_channels: int,
+                 input_size: int, bias: bool = True, as_conv: bool = False):
+        super().__init__()
+        convs, c, side = [], in_channels, input_size
+        for ch in channels: convs.append(conv(c, ch, 3, stride=2, bias=bias)); c, side = ch, (side + 1) // 2
+        self.convs = nn.ModuleList(convs)
+        sizes = [c * side * side, *hidden]
+        self.hidden = nn.ModuleList(dense(a, b, bias, as_conv) for a, b in zip(sizes, sizes[1:]))
+        self.fc = dense(sizes[-1], num_classes, bias, as_conv)
+
+    def forward(self, x):
+        for layer in self.convs: x = F.relu(layer(x))
         for layer in self.hidden: x = F.relu(dense_forward(layer, x))
         return dense_forward(self.fc, x)
 
@@ -416,6 +434,10 @@ for _n, _stages in (("conv2", [64]), ("conv4", [64, 128]), ("conv6", [64, 128, 2
         lambda nc, ci, s, width, bias, fc_as_conv, _st=_stages: ConvNet([channels(c, width) for c in _st],
             [channels(256, width)] * 2, nc, ci, s, bias, fc_as_conv),
         _opts(), "Frankle & Carbin 2019; ASNI Table 1", 2 ** len(_stages), (_MNIST, _CIFAR)))
+register_model(ModelSpec("small-cnn",
+    lambda nc, ci, s, width, bias, fc_as_conv: SmallCNN([channels(16, width), channels(32, width)], [channels(128, width)],
+                                                        nc, ci, s, bias, fc_as_conv),
+    _opts(), "this project: the small conv network of the cpu presets (not from the papers)", 1, (_MNIST, _CIFAR)))
 for _d in (11, 13, 16, 19):
     register_model(ModelSpec(f"vgg{_d}",
         lambda nc, ci, s, width, bias, fc_as_conv, affine_bn, _cfg=VGG_CONFIGS[_d]: VGG(_cfg, nc, ci, width, bias, affine_bn, fc_as_conv),

@@ -92,6 +92,7 @@ def test_rare_gems_settings_make_every_parameter_prunable(name, kw):
 # prunable tensors per model, derived from the architectures (stem + body + shortcut convs + classifier)
 PRUNABLE_TENSORS = {
     "lenet-300-100": 2 + 1,
+    "small-cnn": 2 + 1 + 1,
     "conv2": 2 * 1 + 2 + 1, "conv4": 2 * 2 + 2 + 1, "conv6": 2 * 3 + 2 + 1,
     "vgg11": 8 + 1, "vgg13": 10 + 1, "vgg16": 13 + 1, "vgg19": 16 + 1, "vgg16-gems": 13 + 1,
     "resnet20": 1 + 3 * 3 * 2 + 2 + 1, "resnet32": 1 + 3 * 5 * 2 + 2 + 1,

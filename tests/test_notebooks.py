@@ -74,3 +74,35 @@ def test_fig3_paper_lam_at_another_preset_keeps_its_paper_target(tmp_path, monke
 def test_fig3_unknown_lam_needs_a_density(tmp_path, monkeypatch):
     with pytest.raises(pm.PapermillExecutionError, match="give its target with -p density"):
         run("fig3", tmp_path, monkeypatch, preset="smoke", lam=1e-3)
+
+
+def test_rare_gems_figures_share_one_sweep(tmp_path, monkeypatch):
+    """fig4 computes the sweep; fig2, fig7, fig1 and fig6 then load every run and train nothing; fig8 computes only
+    IMP's three other variants (rounds and ticket finetunes) and loads GM and long-warm IMP."""
+    run("fig4", tmp_path, monkeypatch, preset="smoke")
+    prov = lambda nb: json.loads((tmp_path / "smoke" / nb / "provenance.json").read_text())
+    first = prov("fig4")
+    assert first["runs_computed"] > 20          # (it also loads: IMP to 20% reuses the rounds of IMP to 50%)
+    for nb in ("fig2", "fig7", "fig1", "fig6"):
+        run(nb, tmp_path, monkeypatch, preset="smoke")
+        p = prov(nb)
+        assert p["runs_computed"] == 0 and p["runs_loaded"] > 0, (nb, p)
+        claims = pd.read_csv(tmp_path / "smoke" / nb / "claims.csv")
+        assert {"claim", "measured", "condition", "holds"} <= set(claims.columns) and len(claims) >= 3
+        assert (tmp_path / "smoke" / nb / f"{nb}.png").stat().st_size > 1000
+    run("fig8", tmp_path, monkeypatch, preset="smoke")
+    p = prov("fig8")
+    assert p["runs_loaded"] > 0 and p["runs_computed"] > 0
+    summary = pd.read_csv(tmp_path / "smoke" / "fig8" / "summary.csv")
+    assert set(summary.method) == {"GM", "IMP", "IMP long-cold", "IMP short-warm", "IMP short-cold"}
+    s4 = pd.read_csv(tmp_path / "smoke" / "fig4" / "summary.csv").set_index(["network", "method", "target"])
+    s2 = pd.read_csv(tmp_path / "smoke" / "fig2" / "summary.csv").set_index(["network", "method", "target"])
+    pd.testing.assert_series_equal(s2.post_finetune_acc, s4.post_finetune_acc.loc[s2.index])   # the same runs
+
+
+def test_fig1_takes_a_network_and_density(tmp_path, monkeypatch):
+    run("fig1", tmp_path, monkeypatch, preset="smoke", network="small-cnn", density=0.5)
+    p = json.loads((tmp_path / "smoke" / "fig1" / "provenance.json").read_text())
+    assert (p["network"], p["density"]) == ("small-cnn", 0.5)
+    with pytest.raises(pm.PapermillExecutionError, match="density=0.3"):
+        run("fig1", tmp_path, monkeypatch, preset="smoke", density=0.3)

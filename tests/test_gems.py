@@ -1,0 +1,174 @@
+"""The Rare Gems comparison sweep: presets against Appendix A.3, exact densities, costs, and run sharing."""
+import math
+
+import pandas as pd
+import pytest
+
+from paper_repro.core import PRESETS, fill_preset
+from paper_repro.gems import (FIGURES, GEMS, METHODS, SANITY, focus, gems_network, gems_preset, gems_sweep,
+                              sparse_regime)
+from paper_repro.imp import imp_rounds
+from paper_repro.masks import keep_count
+from paper_repro.train import RECIPES, Recipe
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def tiny(densities=(0.5, 0.2), lam=(0.0, 1e-4), seeds=(0,)):
+    """One LeNet-300-100 on the digits, one epoch for everything: a grid that trains in seconds."""
+    mine = Recipe(optimizer="sgd", lr=0.5, momentum=0.9, weight_decay=0.0, epochs=2, batch_size=128, trains="scores")
+    train = Recipe(optimizer="sgd", lr=0.05, momentum=0.9, epochs=1, batch_size=128)
+    net = gems_network("lenet-300-100", list(densities), lam=list(lam), period=1, mine_lr=0.5, mine=mine, finetune=train,
+                       finetune_lr=0.05, imp=train, rewind=5, short=1, ep=mine.replace(epochs=1), ep_finetune=train,
+                       sr_family="resnet", options=dict(init="signed_constant", bias=False))
+    return dict(data="digits", networks={"lenet-300-100": net}, models=["lenet-300-100"], seeds=list(seeds))
+
+
+# --- presets -------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, densities", [
+    ("resnet20", [0.5, 0.1374, 0.0373, 0.0144, 0.0059]),        # A.3.1
+    ("mobilenet-v2", [0.5, 0.2, 0.05, 0.0144]),
+    ("vgg16-gems", [0.5, 0.05, 0.025, 0.014, 0.005]),
+    ("wrn-28-2", [0.5, 0.2, 0.05, 0.025, 0.014, 0.005]),
+])
+def test_paper_densities_are_appendix_a31(name, densities):
+    assert GEMS["paper"]["networks"][name]["densities"] == densities
+
+
+def test_paper_gem_miner_columns_are_tables_8_to_11():
+    n = GEMS["paper"]["networks"]
+    assert n["resnet20"]["gm"]["lam"] == [1e-8, 1e-5, 3e-5, 1e-4, 1e-4]          # Table 8
+    assert n["resnet20"]["gm"]["period"] == [8, 5, 5, 5, 5]
+    assert n["mobilenet-v2"]["gm"]["lam"] == [0.0, 3e-6, 7e-6, 1e-4]             # Table 9
+    assert n["mobilenet-v2"]["gm"]["lr"] == [0.05, 0.1, 0.1, 0.1]
+    assert set(n["vgg16-gems"]["gm"]["lam"]) == {1e-6} and n["vgg16-gems"]["gm"]["mine"]["optimizer"] == "adam"   # Table 10
+    assert n["vgg16-gems"]["gm"]["mine"]["lr"] == 0.01
+    w = n["wrn-28-2"]["gm"]                                                       # Table 11 (+ 20%, see the notebook)
+    assert (w["period"], w["lr"], w["lam"]) == ([5] + [10]*5, [0.1] + [0.5]*5, [0.0] + [1e-5]*5)
+    for net in n.values():
+        assert net["gm"]["mine"]["weight_decay"] == 0.0 and net["gm"]["mine"]["batch_size"] == 128
+        assert net["gm"]["events"] == "paper"
+
+
+def test_paper_finetuning_is_table_15_and_imp_is_section_4():
+    n = GEMS["paper"]["networks"]
+    expect = {"resnet20": (150, [80, 120], [0.1] + [0.01]*4), "mobilenet-v2": (300, [150, 250], [0.1]*4),
+              "vgg16-gems": (200, [100, 150], [0.05]*5), "wrn-28-2": (150, [80, 120], [0.1] + [0.01]*5)}
+    for name, (E, ms, lrs) in expect.items():
+        f = n[name]["finetune"]
+        assert (f["recipe"]["epochs"], f["recipe"]["milestones"], f["lr"]) == (E, ms, lrs)
+        assert (f["recipe"]["momentum"], f["recipe"]["weight_decay"], f["recipe"]["batch_size"]) == (0.9, 1e-4, 128)
+        assert n[name]["gm"]["mine"]["epochs"] == E                              # "the same number of epochs"
+        assert n[name]["imp"]["rewind"] > 0                                      # Figure 4's IMP is warm
+    r20 = n["resnet20"]["imp"]
+    assert imp_rounds(min(n["resnet20"]["densities"])) * r20["recipe"]["epochs"] == 24 * 160 == 3840   # section 1
+    assert Recipe(**r20["recipe"]) == RECIPES["imp-resnet20"] and r20["short"] == 8                     # section 4.3
+
+
+def test_cpu_preset_spans_50_to_half_a_percent_with_one_seed():
+    c = GEMS["cpu"]
+    assert c["data"] == "fashion-mnist" and c["seeds"] == [0] and c["models"] == ["lenet-300-100", "small-cnn"]
+    for net in c["networks"].values():
+        assert net["densities"][0] == 0.5 and net["densities"][-1] <= 0.005
+
+
+def test_every_figure_preset_focuses_on_a_point_of_its_grid():
+    for f in FIGURES:
+        for p in PRESETS:
+            cfg = fill_preset(gems_preset(f), p)
+            if "network" in cfg: focus(cfg)
+    with pytest.raises(ValueError, match="network='resnet20'"):
+        focus(fill_preset(gems_preset("fig7"), "cpu", network="resnet20"))
+
+
+def test_gems_network_rejects_bad_lists():
+    t = RECIPES["cpu"]
+    with pytest.raises(ValueError, match=r"period=\[1, 2, 3\]"):
+        gems_network("lenet-300-100", [0.5, 0.1], 0, [1, 2, 3], 0.1, t, t, 0.1, t, 0, 1, t, t, "resnet")
+    with pytest.raises(ValueError, match="dense to sparse"):
+        gems_network("lenet-300-100", [0.5, 1.5], 0, 1, 0.1, t, t, 0.1, t, 0, 1, t, t, "resnet")
+
+
+def test_sparse_regime():
+    assert sparse_regime([0.5, 0.0144, 0.0059]) == [0.0144, 0.0059]
+    assert sparse_regime([0.5, 0.05]) == [0.05]
+
+
+# --- the sweep -----------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory):
+    import os
+    old = os.environ.get("PAPER_REPRO_OUTPUTS")
+    os.environ["PAPER_REPRO_OUTPUTS"] = str(tmp_path_factory.mktemp("gems"))
+    cfg = tiny(seeds=(0, 1))
+    yield cfg, gems_sweep(cfg, methods=METHODS, progress=False)
+    if old is None: os.environ.pop("PAPER_REPRO_OUTPUTS")
+    else: os.environ["PAPER_REPRO_OUTPUTS"] = old
+
+
+def test_sweep_rows_are_the_grid(grid):
+    cfg, sweep = grid
+    s = sweep.summary
+    assert len(s) == 2 * 2 * (len(METHODS) - 1 + len(SANITY))        # seeds × densities × methods
+    assert set(s.seed) == {0, 1} and set(s.target) == {0.5, 0.2}
+    assert sweep.dense.seed.tolist() == [0, 1]
+    r = sweep.results()
+    assert set(r.metric) == {"pre_finetune_acc", "post_finetune_acc", "epochs", "time_s"}
+    assert len(r) == 4 * len(s)
+
+
+def test_every_method_keeps_its_density(grid):
+    _, sweep = grid
+    N = 64 * 300 + 300 * 100 + 100 * 10
+    for row in sweep.summary.itertuples():
+        kept = round(row.density * N)
+        if row.method.startswith("IMP"): assert kept == keep_count(N, row.target), row
+        elif row.method == "SR": assert abs(kept - keep_count(N, row.target)) <= 2, row
+        elif row.method == "EP":
+            L = sweep.layers.query("method == 'EP' and target == @row.target and seed == @row.seed")
+            assert L.kept.tolist() == [keep_count(n, row.target) for n in L["size"]]
+        else: assert kept <= keep_count(N, row.target), row
+
+
+def test_costs_follow_the_protocol(grid):
+    cfg, sweep = grid
+    s = sweep.summary.set_index(["method", "target", "seed"])
+    assert s.loc[("GM", 0.2, 0), "epochs"] == 2 + 1                         # mining + finetuning
+    assert s.loc[("IMP", 0.2, 0), "epochs"] == (imp_rounds(0.2) + 1) * 1   # R rounds + the ticket
+    assert s.loc[("IMP short-cold", 0.2, 0), "rounds"] == imp_rounds(0.2)
+    assert s.loc[("EP", 0.5, 1), "epochs"] == 1 + 1 and s.loc[("SR", 0.5, 1), "epochs"] == 1
+    assert (sweep.summary.time_s > 0).all()
+
+
+def test_seeds_change_the_runs(grid):
+    _, sweep = grid
+    a, b = (sweep.summary[sweep.summary.seed == k].set_index(["method", "target"]).key for k in (0, 1))
+    assert (a != b.loc[a.index]).all()
+
+
+def test_a_second_sweep_loads_everything(grid):
+    cfg, sweep = grid
+    again = gems_sweep(cfg, methods=METHODS, progress=False)
+    assert again.cache["computed"] == 0 and again.cache["loaded"] > 0
+    pd.testing.assert_frame_equal(again.summary, sweep.summary)
+
+
+def test_changing_one_lambda_recomputes_only_that_gem_miner(grid):
+    """λ of the 20% point changes: its GM mining, GM finetuning and the three sanity finetunes (5 runs per seed) are
+    new; IMP, EP, SR and the 50% point load."""
+    cfg, _ = grid
+    other = tiny(lam=(0.0, 3e-4), seeds=(0,))
+    sweep = gems_sweep(other, methods=("GM", "IMP", "EP", "SR", "sanity"), progress=False)
+    assert sweep.cache["computed"] == 5, sweep.cache
+
+
+def test_bad_arguments_name_what_is_allowed(grid):
+    cfg, _ = grid
+    with pytest.raises(ValueError, match=r"methods=\['IMP warm'\]"):
+        gems_sweep(cfg, methods=["IMP warm"])
+    with pytest.raises(ValueError, match=r"densities=\[0.1\].*\[0.5, 0.2\]"):
+        gems_sweep(cfg, densities=0.1)
+    with pytest.raises(ValueError, match="models=\\['vgg16'\\]"):
+        gems_sweep(cfg, models="vgg16")
