@@ -281,3 +281,39 @@ def test_mask_errors():
         smart_ratio_mask(net, 0.999)
     with pytest.raises(ValueError, match="density=0"):
         smart_ratio_mask(net, 0)
+
+
+# --- small-dense (Ma et al., Appendix C) ---------------------------------------------------------------------------
+
+from paper_repro.baselines import small_dense
+from paper_repro.models import count_parameters
+
+
+@pytest.mark.parametrize("name, opts", [("lenet-300-100", dict(in_channels=1, input_size=28)), ("resnet20", {})])
+@pytest.mark.parametrize("density", [0.2, 0.05])
+def test_small_dense_matches_the_sparse_count_within_2_percent(name, opts, density):
+    sd = small_dense(name, density, **opts)
+    full = get_model(name, **opts)
+    n = sum(p.numel() for p in prunable_weights(full).values())
+    assert sd.target == keep_count(n, density) + count_parameters(full) - n
+    assert count_parameters(get_model(**sd.model)) == sd.params
+    assert abs(sd.params / sd.target - 1) <= 0.02 and 0 < sd.width < 1
+
+
+def test_small_dense_is_the_closest_width():
+    sd = small_dense("resnet20", 0.05)
+    counts = {count_parameters(get_model("resnet20", width=w / 1000)) for w in range(150, 320)}
+    assert abs(sd.params - sd.target) == min(abs(c - sd.target) for c in counts)
+
+
+def test_small_dense_excluded_layers_count_as_dense():
+    a = small_dense("resnet20", 0.05)
+    b = small_dense("resnet20", 0.05, exclude=("first", "last"))
+    assert b.target > a.target and b.params >= a.params
+
+
+def test_small_dense_bad_input():
+    with pytest.raises(ValueError, match="width"):
+        small_dense("resnet20", 0.1, width=0.5)
+    with pytest.raises(ValueError, match="density=1.5"):
+        small_dense("resnet20", 1.5)

@@ -1,5 +1,7 @@
 """paper_repro.sanity: shuffling keeps every layer's count, reinitialisation keeps the mask and draws the same
 distribution, score inversion takes the other end of each layer's ranking, the table, errors."""
+import math
+
 import pytest
 import torch
 
@@ -101,3 +103,56 @@ def test_sanity_table(tmp_path, monkeypatch):
     assert tab.pre_finetune_acc.between(0, 1).all() and tab.post_finetune_acc.between(0, 1).all()
     no_scores = Ticket(t.mask, t.weights, SPEC, key="u")
     assert "invert" not in set(sanity_table(no_scores, "digits", "cpu", finetune_too=False).variant)
+
+
+# --- the correlation indicator R_p (Ma et al., Appendix G) ---------------------------------------------------------
+
+from paper_repro.sanity import correlation_indicator
+
+
+def _weights(seed, shapes=((300, 100), (64, 3, 3, 3), (10, 50))):
+    g = torch.Generator().manual_seed(seed)
+    return {f"l{i}": torch.randn(s, generator=g) for i, s in enumerate(shapes)}
+
+
+@pytest.mark.parametrize("p", [0.01, 0.1, 0.37, 1.0])
+def test_rp_identical_weights_give_one(p):
+    a = _weights(0)
+    assert correlation_indicator(a, a, p) == 1.0
+    assert correlation_indicator(a, {n: 3 * t for n, t in a.items()}, p) == 1.0      # only the ranking by |w| matters
+
+
+@pytest.mark.parametrize("p", [0.05, 0.2, 0.5])
+def test_rp_independent_weights_give_p_within_sampling_error(p):
+    a, b = _weights(1), _weights(2)
+    n = sum(t.numel() for t in a.values())
+    k = p * n
+    sd = math.sqrt(k * p * (1 - p) * (n - k) / (n - 1)) / k     # hypergeometric overlap, relative to the top count
+    assert abs(correlation_indicator(a, b, p) - p) < 4 * sd + 1e-3
+
+
+def test_rp_with_a_mask_counts_the_remaining_weights_only():
+    a, b = _weights(3), _weights(4)
+    g = torch.Generator().manual_seed(5)
+    mask = {n: torch.rand(t.shape, generator=g) < 0.1 for n, t in a.items()}
+    mixed = {n: torch.where(mask[n], a[n], b[n]) for n in a}
+    assert correlation_indicator(a, mixed, 0.2, mask=mask) == 1.0
+    assert correlation_indicator(a, mixed, 0.2, mask=Mask(mask)) == 1.0
+    assert correlation_indicator(a, mixed, 0.2) < 0.5
+    # p is a fraction of the remaining weights: the top count per layer is keep_count(remaining, p)
+    one = {"w": torch.arange(1.0, 11.0)}
+    two = {"w": torch.arange(10.0, 0.0, -1.0)}
+    m = {"w": torch.tensor([True] * 4 + [False] * 6)}            # remaining: 1, 2, 3, 4 vs 10, 9, 8, 7
+    assert correlation_indicator(one, two, 0.5, mask=m) == 0.0   # top-2 of the remaining: {3, 4} vs {10, 9}: disjoint
+
+
+def test_rp_rejects_bad_input():
+    a = _weights(0)
+    with pytest.raises(ValueError, match=r"p=1.5"):
+        correlation_indicator(a, a, 1.5)
+    with pytest.raises(ValueError, match="different layers"):
+        correlation_indicator(a, {"l0": a["l0"]}, 0.1)
+    with pytest.raises(ValueError, match="mask names different layers"):
+        correlation_indicator(a, a, 0.1, mask={"l0": torch.ones(300, 100, dtype=torch.bool)})
+    with pytest.raises(ValueError, match="keeps no weight"):
+        correlation_indicator({"w": torch.ones(3)}, {"w": torch.ones(3)}, 0.01)
