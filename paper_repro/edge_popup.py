@@ -15,7 +15,7 @@ from torch import nn
 from .masks import check_density, get_mask, masked_layers, plain_state, to_masked
 from .models import get_model
 from .runs import CHECKPOINT, cached_run
-from .train import RECIPES, Recipe, Ticket, as_recipe, check_model, fit
+from .train import RECIPES, Recipe, Ticket, as_recipe, check_model, fit, last_value
 
 # %% auto #0
 __all__ = ['CACHE_VERSION', 'SCORE_INITS', 'edge_popup']
@@ -31,10 +31,6 @@ RECIPES["ep-cpu"] = Recipe(optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=
 # %% ../nbs/11_edge_popup.ipynb #0efa749f
 CACHE_VERSION = 1  # bump when edge_popup changes what a run computes
 SCORE_INITS = ("kaiming_uniform", "uniform")
-
-def _last(history: pd.DataFrame, split: str = "test", metric: str = "acc") -> float | None:
-    v = history.query("split == @split and metric == @metric").value
-    return float(v.iloc[-1]) if len(v) else None
 
 def edge_popup(model: Mapping, # get_model arguments (e.g. `model_for(data, name, ...)`); init defaults to "signed_constant"
                data: str | Mapping, # a dataset name (cacheable) or a dict of splits with "train"
@@ -60,7 +56,7 @@ def edge_popup(model: Mapping, # get_model arguments (e.g. `model_for(data, name
         hist = fit(net, data, recipe, seed=seed, progress=progress, checkpoint=None if workdir is None else workdir/CHECKPOINT)
         mask = get_mask(net).to("cpu")
         info = dict(density=density, kept={n: int(t.sum()) for n, t in mask.items()},
-                    size={n: t.numel() for n, t in mask.items()}, test_acc=_last(hist))
+                    size={n: t.numel() for n, t in mask.items()}, test_acc=last_value(hist))
         scores = {n: l.scores.detach().to("cpu", copy=True) for n, l in masked_layers(net).items()}
         return Ticket(mask, plain_state(net), spec, hist, info, extras=dict(scores=scores))
 

@@ -24,7 +24,7 @@ from .masks import Mask
 from .plots import density_axis
 from .runs import STATS
 from .sanity import sanity_check
-from .train import RECIPES, Recipe, Ticket, as_recipe, evaluate, finetune, model_for
+from .train import RECIPES, Recipe, Ticket, as_recipe, evaluate, finetune, last_value, model_for
 
 # %% auto #0
 __all__ = ['GEMS', 'METHODS', 'SANITY', 'LABELS', 'COLORS', 'MARKERS', 'FOCUS', 'FIGURES', 'gems_network', 'GemsSweep',
@@ -157,9 +157,6 @@ class GemsSweep:
         return rows.set_index("method")
 
 # %% ../nbs/17_gems.ipynb #a4e1cd0c
-def _last_acc(hist: pd.DataFrame) -> float:
-    return float(hist.query("split == 'test' and metric == 'acc'").value.iloc[-1])
-
 def _seconds(hist: pd.DataFrame) -> float:
     return float(hist.time.max()) if len(hist) else 0.0
 
@@ -186,7 +183,7 @@ class _Point:
     def record(self, method: str, ticket: Ticket, pre: float, hist: pd.DataFrame, epochs: int, seconds: float, **extra):
         "A summary row (accuracy before and after training, cost) and the mask's per-layer counts."
         self.out["rows"].append(dict(self.ids, method=method, density=ticket.density, pre_finetune_acc=pre,
-                                     post_finetune_acc=_last_acc(hist), epochs=epochs, time_s=seconds, key=ticket.key, **extra))
+                                     post_finetune_acc=last_value(hist), epochs=epochs, time_s=seconds, key=ticket.key, **extra))
         self.out["layers"].append(ticket.mask.layer_density().reset_index(names="index").assign(method=method, **self.ids))
 
     def curve(self, hist: pd.DataFrame, phase: str, method: str, offset: int = 0, **ids):
@@ -226,7 +223,7 @@ def _dense(p: _Point):
     "The dense network: cold IMP's round 0 alone (one per network and seed)."
     rr = Recipe(**p.net["imp"]["recipe"])
     h0 = imp(p.plain, p.data, 1.0, rr, seed=p.seed, progress=False).runs[0].history
-    p.out["dense"].append(dict(network=p.name, seed=p.seed, acc=_last_acc(h0), epochs=rr.epochs, time_s=_seconds(h0)))
+    p.out["dense"].append(dict(network=p.name, seed=p.seed, acc=last_value(h0), epochs=rr.epochs, time_s=_seconds(h0)))
     p.curve(h0, "dense", "dense", target=1.0)
 
 def _ep(p: _Point):

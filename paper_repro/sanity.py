@@ -13,7 +13,7 @@ import torch
 from .data import load_dataset
 from .masks import Mask, keep_count, masked_layers, top_count
 from .models import as_generator, get_model
-from .train import Recipe, Ticket, evaluate, finetune
+from .train import Recipe, Ticket, evaluate, finetune, last_value
 
 # %% auto #0
 __all__ = ['CHECKS', 'shuffle_check', 'reinit_check', 'invert_check', 'sanity_check', 'sanity_table', 'correlation_indicator']
@@ -73,7 +73,7 @@ def sanity_table(ticket: Ticket, # e.g. from gem_miner
         row = dict(variant=name, density=t.mask.density, pre_finetune_acc=evaluate(t.network(), test)["acc"])
         if finetune_too:
             _, hist = finetune(t, data, recipe, seed=seed, progress=progress)
-            row["post_finetune_acc"] = float(hist.query("split == 'test' and metric == 'acc'").value.iloc[-1])
+            row["post_finetune_acc"] = last_value(hist)
         rows.append(row)
     return pd.DataFrame(rows)
 

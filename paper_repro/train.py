@@ -27,8 +27,8 @@ from .runs import Result, Run, cached_run
 
 # %% auto #0
 __all__ = ['OPTIMIZERS', 'TRAINS', 'SCHEDULES', 'HISTORY_COLUMNS', 'RECIPES', 'Recipe', 'lr_at', 'MaskedSGD', 'MaskedAdam',
-           'make_optimizer', 'evaluate', 'FitState', 'Callback', 'Snapshot', 'train_step', 'as_recipe', 'fit',
-           'get_recipe', 'model_for', 'check_model', 'Ticket', 'finetune']
+           'make_optimizer', 'evaluate', 'FitState', 'Callback', 'Snapshot', 'train_step', 'as_recipe', 'last_value',
+           'fit', 'get_recipe', 'model_for', 'check_model', 'Ticket', 'finetune']
 
 # %% ../nbs/04_train.ipynb #2a9361cb
 OPTIMIZERS = ("sgd", "adam")
@@ -335,6 +335,11 @@ def _load_checkpoint(path: Path, state: FitState, callbacks, key, device) -> tup
     return list(ck["rows"]), ck["elapsed"]
 
 HISTORY_COLUMNS = ["epoch", "split", "metric", "value", "density", "lr", "time"]
+
+def last_value(history: pd.DataFrame, split: str = "test", metric: str = "acc") -> float | None:
+    "The last recorded `metric` on `split` in a fit history (None when it has none): e.g. the final test accuracy."
+    v = history.query("split == @split and metric == @metric").value
+    return float(v.iloc[-1]) if len(v) else None
 
 def fit(model: nn.Module, # trained in place
         data: str | Mapping[str, DataSplit], # dataset name, or {"train": ..., "test": ..., ...}
