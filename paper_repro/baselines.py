@@ -153,16 +153,16 @@ class SmallDense:
 def small_dense(name: str, # a model name
                 density: float, # the sparse network's density over its prunable weights
                 exclude: Sequence[str] = (), # layers the sparse network keeps dense ('first', 'last', names)
-                **options, # get_model arguments (num_classes, in_channels, input_size, bias, ...); not width
+                width: float = 1.0, # the sparse network's own width multiplier: the search is over (0, width]
+                **options, # get_model arguments (num_classes, in_channels, input_size, bias, ...)
                ) -> SmallDense:
     "The uniformly narrower `name` whose parameter count is closest to that of the `density`-sparse `name`."
-    if "width" in options: raise ValueError("width is what small_dense chooses: do not pass it")
-    full = get_model(name, **options)
+    full = get_model(name, width=width, **options)
     n_prunable = sum(p.numel() for p in prunable_weights(full, exclude).values())
     target = keep_count(n_prunable, density) + count_parameters(full) - n_prunable
     count = lambda w: count_parameters(get_model(name, width=w, **options))
-    lo, hi = 0.0, 1.0                                   # count(lo) <= target < count(hi), or hi = 1 when none is above
-    if count(1.0) <= target: lo = hi = 1.0
+    lo, hi = 0.0, width                                 # count(lo) <= target < count(hi), or hi = width when none is above
+    if count(width) <= target: lo = hi = width
     else:
         for _ in range(40):
             mid = (lo + hi)/2

@@ -27,7 +27,7 @@ import torch
 __all__ = ['DATA_ENV', 'OUTPUTS_ENV', 'EXPERIMENT_NOTEBOOK', 'RUN_FIRST', 'DEVICE_ENV', 'PRESETS', 'PRESET_ENV', 'repo_root',
            'data_dir', 'outputs_dir', 'experiment_dir', 'experiment_notebooks', 'save_json', 'DeviceUnavailableError',
            'get_device', 'seed_everything', 'resolve_preset', 'fill_preset', 'watch_parameters', 'provenance', 'Timer',
-           'interleaved', 'timing_summary']
+           'claim', 'interleaved', 'timing_summary']
 
 # %% ../nbs/00_core.ipynb #fa678f17
 def _expect_error(f, exc, *contains):
@@ -162,7 +162,7 @@ def fill_preset(table: Mapping[str, Mapping[str, Any]], # {"smoke": {...}, "cpu"
                 preset: str = "auto", # as in `resolve_preset`
                 **given, # the notebook's parameters; None means "take the preset's value"
                ) -> dict:
-    "Resolve `preset` and return the table's knobs, overridden by every `given` value that is not None."
+    "Resolve `preset` and return the table's knobs, overridden by every `given` value that is not None (smoke: one thread)."
     missing = [p for p in PRESETS if p not in table]
     if missing: raise ValueError(f"preset table lacks {missing}; it needs {list(PRESETS)}")
     name = resolve_preset(preset)
@@ -170,6 +170,7 @@ def fill_preset(table: Mapping[str, Mapping[str, Any]], # {"smoke": {...}, "cpu"
     unknown = sorted(set(given) - set(knobs))
     if unknown: raise ValueError(f"unknown parameter(s) {unknown}; this notebook's parameters are {sorted(knobs)}")
     knobs.update({k: v for k, v in given.items() if v is not None})
+    if name == "smoke": torch.set_num_threads(1)   # tiny networks: one thread is several times faster than two busy ones
     return {"preset": name, **knobs}
 
 # %% ../nbs/00_core.ipynb #7b76f088
@@ -221,6 +222,16 @@ class Timer:
     @property
     def elapsed(self) -> float: return (self.stop or time.perf_counter()) - self.start
     def __repr__(self): return f"Timer({self.elapsed:.3f} s)"
+
+# %% ../nbs/00_core.ipynb #0a0a5ae8
+def claim(text: str, # the paper's claim, in one line
+          measured: str, # the numbers that decide it
+          condition: str, # the test applied to them
+          holds, # truthy/falsy, or None when it cannot be decided here
+          **ids, # leading columns (network, lr, ...)
+         ) -> dict:
+    "One row of a claims table: the claim, what was measured, the condition, and whether it holds."
+    return dict(ids, claim=text, measured=measured, condition=condition, holds=None if holds is None else bool(holds))
 
 # %% ../nbs/00_core.ipynb #0800c399
 def interleaved(fns: Mapping[str, Callable[[], Any]], # name -> zero-argument callable to time

@@ -8,27 +8,26 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import matplotlib
 from typing import Mapping, Sequence
 
 import pandas as pd
 from tqdm import tqdm
 
 from .baselines import smart_ratio_ticket
-from .core import PRESETS
+from .core import PRESETS, claim
 from .data import load_dataset
 from .edge_popup import edge_popup
 from .gem_miner import GEMS_OPTIONS, gem_miner
 from .imp import imp, round_recipe
 from .masks import Mask
-from .plots import density_axis
+from .plots import COLORS, MARKERS, plot_methods
 from .runs import STATS
 from .sanity import sanity_check
-from .train import RECIPES, Recipe, Ticket, as_recipe, evaluate, finetune, last_value, model_for
+from .train import RECIPES, Recipe, Ticket, as_recipe, evaluate, finetune, fit_seconds, last_value, model_for
 
 # %% auto #0
-__all__ = ['GEMS', 'METHODS', 'SANITY', 'LABELS', 'COLORS', 'MARKERS', 'FOCUS', 'FIGURES', 'gems_network', 'GemsSweep',
-           'gems_sweep', 'plot_methods', 'claim', 'sparse_regime', 'gems_preset', 'focus']
+__all__ = ['GEMS', 'METHODS', 'SANITY', 'LABELS', 'FOCUS', 'FIGURES', 'gems_network', 'GemsSweep', 'gems_sweep', 'sparse_regime',
+           'gems_preset', 'focus']
 
 # %% ../nbs/17_gems.ipynb #e55c0ea5
 def _listed(value, n: int, what: str) -> list:
@@ -157,9 +156,6 @@ class GemsSweep:
         return rows.set_index("method")
 
 # %% ../nbs/17_gems.ipynb #a4e1cd0c
-def _seconds(hist: pd.DataFrame) -> float:
-    return float(hist.time.max()) if len(hist) else 0.0
-
 @dataclass
 class _Point:
     "One network × seed × target density of the sweep, and the tables it writes into."
@@ -199,14 +195,14 @@ def _gm(p: _Point, sanity: bool):
     ft = Recipe(**p.net["finetune"]["recipe"]).replace(lr=p.net["finetune"]["lr"][i])
     gm = gem_miner(p.spec, p.data, p.target, g["lam"][i], mine, period=g["period"][i], events=g["events"], seed=p.seed, progress=False)
     _, h = finetune(gm, p.data, ft, seed=p.seed, progress=False)
-    p.record("GM", gm, gm.info["pre_finetune_acc"], h, mine.epochs + ft.epochs, _seconds(gm.history) + _seconds(h),
+    p.record("GM", gm, gm.info["pre_finetune_acc"], h, mine.epochs + ft.epochs, fit_seconds(gm.history) + fit_seconds(h),
              lam=g["lam"][i], collapsed=len(gm.info["collapsed"]))
     p.curve(gm.history, "mining", "GM"); p.curve(h, "finetune", "GM", offset=mine.epochs)
     if not sanity: return
     for check, method in SANITY.items():
         t = sanity_check(gm, check, seed=p.seed)
         _, h = finetune(t, p.data, ft, seed=p.seed, progress=False)
-        p.record(method, t, evaluate(t.network(), p.test)["acc"], h, ft.epochs, _seconds(h))
+        p.record(method, t, evaluate(t.network(), p.test)["acc"], h, ft.epochs, fit_seconds(h))
 
 def _imp(p: _Point, method: str):
     "IMP (`IMP` is long-warm; `IMP short-cold` etc.): the rounds to the target, then the ticket trained like a round."
@@ -216,14 +212,14 @@ def _imp(p: _Point, method: str):
               epochs_per_round=cfg["short"] if length == "short" else None, seed=p.seed, progress=False)
     _, h = finetune(res.ticket, p.data, rr, seed=p.seed, progress=False)
     p.record(method, res.ticket, res.pre_finetune_acc, h, int(res.rounds.epochs.sum()) + rr.epochs,
-             _seconds(res.history) + _seconds(h), rounds=len(res.rounds))
+             fit_seconds(res.history) + fit_seconds(h), rounds=len(res.rounds))
     if method == "IMP": p.curve(h, "ticket", "IMP")
 
 def _dense(p: _Point):
     "The dense network: cold IMP's round 0 alone (one per network and seed)."
     rr = Recipe(**p.net["imp"]["recipe"])
     h0 = imp(p.plain, p.data, 1.0, rr, seed=p.seed, progress=False).runs[0].history
-    p.out["dense"].append(dict(network=p.name, seed=p.seed, acc=last_value(h0), epochs=rr.epochs, time_s=_seconds(h0)))
+    p.out["dense"].append(dict(network=p.name, seed=p.seed, acc=last_value(h0), epochs=rr.epochs, time_s=fit_seconds(h0)))
     p.curve(h0, "dense", "dense", target=1.0)
 
 def _ep(p: _Point):
@@ -231,14 +227,14 @@ def _ep(p: _Point):
     r, ft = Recipe(**p.net["ep"]["recipe"]), Recipe(**p.net["ep"]["finetune"])
     ep = edge_popup(p.spec, p.data, p.target, r, seed=p.seed, progress=False)
     _, h = finetune(ep, p.data, ft, seed=p.seed, progress=False)
-    p.record("EP", ep, evaluate(ep.network(), p.test)["acc"], h, r.epochs + ft.epochs, _seconds(ep.history) + _seconds(h))
+    p.record("EP", ep, evaluate(ep.network(), p.test)["acc"], h, r.epochs + ft.epochs, fit_seconds(ep.history) + fit_seconds(h))
 
 def _sr(p: _Point):
     "A Smart-Ratio random ticket of the plain network, trained."
     sr, r = p.net["sr"], Recipe(**p.net["sr"]["recipe"])
     t = smart_ratio_ticket({**p.spec, "init": sr["init"]}, p.target, sr["family"], seed=p.seed, linear=sr["linear"])
     _, h = finetune(t, p.data, r, seed=p.seed, progress=False)
-    p.record("SR", t, evaluate(t.network(), p.test)["acc"], h, r.epochs, _seconds(h))
+    p.record("SR", t, evaluate(t.network(), p.test)["acc"], h, r.epochs, fit_seconds(h))
 
 # %% ../nbs/17_gems.ipynb #778ab90e
 def _check_methods(methods) -> list[str]:
@@ -293,39 +289,13 @@ def gems_sweep(cfg: Mapping, # a filled GEMS preset: data, networks, models, see
     return GemsSweep(pd.DataFrame(out["rows"]), cat(out["layers"]), cat(out["curves"]), pd.DataFrame(out["dense"]), cache)
 
 # %% ../nbs/17_gems.ipynb #7199fbec
-COLORS = {"GM": "#d62728", "IMP": "#1f77b4", "EP": "#2ca02c", "SR": "#9467bd", "GM shuffle": "#ff7f0e",
-          "GM reinit": "#8c564b", "GM invert": "#17becf", "IMP short-cold": "#7f7f7f", "IMP short-warm": "#bcbd22",
-          "IMP long-cold": "#e377c2"}
-MARKERS = {"GM": "o", "IMP": "s", "EP": "^", "SR": "v", "GM shuffle": "P", "GM reinit": "X", "GM invert": "D",
-           "IMP short-cold": "<", "IMP short-warm": ">", "IMP long-cold": "h"}
-
-def plot_methods(ax, # a matplotlib axis
-                 summary: pd.DataFrame, # GemsSweep.summary rows of one network
-                 metric: str, # "pre_finetune_acc" or "post_finetune_acc"
-                 methods: Sequence[str], # which, in legend order
-                 dense: float | None = None, # the dense network's accuracy (a line)
-                 relative: bool = False, # divide by `dense` (Figure 2)
-                 labels: Mapping[str, str] | None = None, # legend names (default: the method names, as the paper's legends)
-                ):
-    "Accuracy (%) against density on a log axis, one line per method (mean ± sd over seeds), dense as a line."
-    scale = (1/dense if relative else 100) if dense else 100
-    for m in methods:
-        g = summary[summary.method == m].groupby("target").agg(d=("density", "mean"), mean=(metric, "mean"), sd=(metric, "std"))
-        if g.empty: continue
-        ax.errorbar(g.d, scale*g["mean"], yerr=scale*g.sd.fillna(0), color=COLORS.get(m), marker=MARKERS.get(m, "o"),
-                    ms=5, lw=1.5, capsize=2, label=(labels or {}).get(m, m))
-    if dense is not None:
-        ax.axhline(1.0 if relative else 100*dense, color="0.35", ls="--", lw=1, label="dense")
-    density_axis(ax)
-    ax.set_xticks(sorted(summary.target.unique())); ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())  # the grid's densities
-    ax.set_ylabel("relative accuracy" if relative else "test accuracy (%)")
-    return ax
+COLORS.update({"GM": "#d62728", "IMP": "#1f77b4", "EP": "#2ca02c", "SR": "#9467bd", "GM shuffle": "#ff7f0e",
+               "GM reinit": "#8c564b", "GM invert": "#17becf", "IMP short-cold": "#7f7f7f", "IMP short-warm": "#bcbd22",
+               "IMP long-cold": "#e377c2"})
+MARKERS.update({"GM": "o", "IMP": "s", "EP": "^", "SR": "v", "GM shuffle": "P", "GM reinit": "X", "GM invert": "D",
+                "IMP short-cold": "<", "IMP short-warm": ">", "IMP long-cold": "h"})
 
 # %% ../nbs/17_gems.ipynb #4e165024
-def claim(text: str, measured: str, condition: str, holds, **ids) -> dict:
-    "One row of a claims table: the claim, what was measured, the condition, and whether it holds."
-    return dict(ids, claim=text, measured=measured, condition=condition, holds=None if holds is None else bool(holds))
-
 def sparse_regime(targets) -> list[float]:
     "The targets at or below 1.44% density (the paper's sparse regime), else the sparsest one."
     targets = sorted(set(targets), reverse=True)

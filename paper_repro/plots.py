@@ -15,7 +15,7 @@ import seaborn as sns
 import torch
 
 # %% auto #0
-__all__ = ['set_style', 'save_figure', 'density_axis', 'image_grid']
+__all__ = ['COLORS', 'MARKERS', 'AXIS_LABELS', 'set_style', 'save_figure', 'density_axis', 'plot_methods', 'image_grid']
 
 # %% ../nbs/19_plots.ipynb #c8a1d1d8
 def set_style(context: str = "paper", # seaborn context: "paper", "notebook", "talk"
@@ -41,6 +41,43 @@ def density_axis(ax: matplotlib.axes.Axes, axis: str = "x") -> matplotlib.axes.A
     fmt = matplotlib.ticker.FuncFormatter(lambda v, _: f"{100*v:g}")
     if axis == "x": ax.set_xscale("log"); ax.xaxis.set_major_formatter(fmt); ax.set_xlabel("weights remaining (%)")
     else: ax.set_yscale("log"); ax.yaxis.set_major_formatter(fmt); ax.set_ylabel("weights remaining (%)")
+    return ax
+
+# %% ../nbs/19_plots.ipynb #a382541f
+COLORS: dict[str, str] = {"dense": "0.35"}
+MARKERS: dict[str, str] = {}
+AXIS_LABELS: dict[str, str] = {"lr": "learning rate", "p": "p (top fraction compared)"}
+
+def plot_methods(ax: matplotlib.axes.Axes, # a matplotlib axis
+                 summary, # a DataFrame: method, target, density (or the column `x`), and `metric`
+                 metric: str, # the column drawn, e.g. "post_finetune_acc"
+                 methods: Sequence[str], # which, in legend order
+                 dense: float | None = None, # the dense network's accuracy (a line)
+                 relative: bool = False, # divide by `dense` (Rare Gems Figure 2)
+                 labels: dict[str, str] | None = None, # legend names (default: the method names)
+                 x: str = "density", # "density" (log axis in percent) or a numeric column such as "lr" (log axis)
+                 percent: bool = True, # draw the metric ×100 (accuracies)
+                ) -> matplotlib.axes.Axes:
+    "One line per method (mean ± sd over seeds) against density or `x`, the dense network as a line."
+    scale = (1/dense if relative else (100 if percent else 1)) if dense else (100 if percent else 1)
+    key = "target" if x == "density" else x
+    for m in methods:
+        rows = summary[summary.method == m]
+        if rows.empty: continue
+        g = rows.groupby(key)[metric].agg(["mean", "std"])
+        xs = rows.groupby(key)["density"].mean() if x == "density" else g.index.to_series()
+        ax.errorbar(xs.to_numpy(), scale*g["mean"].to_numpy(), yerr=scale*g["std"].fillna(0).to_numpy(), color=COLORS.get(m),
+                    marker=MARKERS.get(m, "o"), ms=5, lw=1.5, capsize=2, label=(labels or {}).get(m, m))
+    if dense is not None:
+        ax.axhline(1.0 if relative else scale*dense, color=COLORS["dense"], ls="--", lw=1, label="dense")
+    if x == "density":
+        density_axis(ax)
+        ax.set_xticks(sorted(summary.target.unique()))                             # the grid's densities
+    else:
+        ax.set_xscale("log"); ax.set_xlabel(AXIS_LABELS.get(x, x))
+        ax.set_xticks(sorted(summary[x].unique())); ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    ax.set_ylabel("relative accuracy" if relative else ("test accuracy (%)" if percent else metric))
     return ax
 
 # %% ../nbs/19_plots.ipynb #90c54c0f

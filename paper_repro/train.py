@@ -28,7 +28,7 @@ from .runs import Result, Run, cached_run
 # %% auto #0
 __all__ = ['OPTIMIZERS', 'TRAINS', 'SCHEDULES', 'HISTORY_COLUMNS', 'RECIPES', 'Recipe', 'lr_at', 'MaskedSGD', 'MaskedAdam',
            'make_optimizer', 'evaluate', 'FitState', 'Callback', 'Snapshot', 'train_step', 'as_recipe', 'last_value',
-           'fit', 'get_recipe', 'model_for', 'check_model', 'Ticket', 'finetune']
+           'fit_seconds', 'fit', 'get_recipe', 'model_for', 'check_model', 'Ticket', 'finetune']
 
 # %% ../nbs/04_train.ipynb #2a9361cb
 OPTIMIZERS = ("sgd", "adam")
@@ -340,6 +340,10 @@ def last_value(history: pd.DataFrame, split: str = "test", metric: str = "acc") 
     "The last recorded `metric` on `split` in a fit history (None when it has none): e.g. the final test accuracy."
     v = history.query("split == @split and metric == @metric").value
     return float(v.iloc[-1]) if len(v) else None
+
+def fit_seconds(history: pd.DataFrame) -> float:
+    "The training seconds a fit history records (its largest `time`; 0 for an empty history)."
+    return float(history.time.max()) if len(history) else 0.0
 
 def fit(model: nn.Module, # trained in place
         data: str | Mapping[str, DataSplit], # dataset name, or {"train": ..., "test": ..., ...}

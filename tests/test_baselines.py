@@ -312,8 +312,14 @@ def test_small_dense_excluded_layers_count_as_dense():
     assert b.target > a.target and b.params >= a.params
 
 
+def test_small_dense_of_a_narrower_network_searches_below_its_width():
+    half, full = small_dense("resnet20", 0.1, width=0.5), small_dense("resnet20", 0.1)
+    assert half.width <= 0.5 and half.width < full.width and half.target < full.target
+    counts = {count_parameters(get_model("resnet20", width=w / 1000)) for w in range(100, 501)}   # 3-channel steps: coarse
+    assert abs(half.params - half.target) == min(abs(c - half.target) for c in counts)
+    assert small_dense("resnet20", 1.0, width=0.5).width == 0.5
+
+
 def test_small_dense_bad_input():
-    with pytest.raises(ValueError, match="width"):
-        small_dense("resnet20", 0.1, width=0.5)
     with pytest.raises(ValueError, match="density=1.5"):
         small_dense("resnet20", 1.5)

@@ -15,8 +15,9 @@ from paper_repro.data import load_dataset
 from paper_repro.masks import Mask, get_mask, keep_count
 from paper_repro.models import get_model, same_state
 from paper_repro.runs import STATS
-from paper_repro.train import (RECIPES, Callback, Snapshot, evaluate, finetune, fit, get_recipe, lr_at,
+from paper_repro.train import (RECIPES, Callback, Recipe, Snapshot, Ticket, evaluate, finetune, fit, get_recipe, lr_at,
                                model_for)
+from paper_repro.imp import imp_level, lottery_sanity, omp_mask, reinitialised, tail_recipe
 from paper_repro.imp import (IMPResult, imp, imp_counts, imp_prune, imp_rounds, imp_schedule, rewound,
                              round_recipe)
 
@@ -335,3 +336,85 @@ def test_bad_input(change, match, tmp_path, monkeypatch):
 def test_splits_need_cache_false(digits):
     with pytest.raises(ValueError, match="cache=False"): imp(SPEC, digits, 0.3, QUICK, progress=False)
     with pytest.raises(ValueError, match="'train' and 'test'"): imp(SPEC, {"train": digits["train"]}, 0.3, QUICK, cache=False)
+
+
+# --- Ma et al.: LT, RR, OMP, WR (lottery_sanity) ---------------------------------------------------------------------
+
+STEP = Recipe(optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=5e-4, schedule="multistep", milestones=(2,), epochs=3, batch_size=64)
+
+
+@pytest.fixture(scope="module")
+def ma_resnet(tmp_path_factory):
+    """Every variant on a quarter-width ResNet-20 (BatchNorm: rewinding must restore its running statistics too)."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("PAPER_REPRO_OUTPUTS", str(tmp_path_factory.mktemp("ma")))
+    spec = model_for("digits", "resnet20", width=0.25, seed=3)
+    yield spec, lottery_sanity(spec, "digits", [0.8, 0.64], STEP, rewind_epoch=2, exclude=("first", "last"), progress=False)
+    mp.undo()
+
+
+def test_wr_rewinds_to_exactly_the_saved_epoch_t_state(ma_resnet, digits):
+    spec, ls = ma_resnet
+    snap = Snapshot(epochs=[2])
+    net = get_model(**spec)
+    fit(net, digits, STEP, mask=Mask.ones(net, ("first", "last")), callbacks=[snap], seed=0, progress=False)
+    saved = {k: v for k, v in snap.epochs[2].items() if not k.endswith(".mask")}
+    kept = ls.chain.epoch_state(2)
+    assert sorted(kept) == sorted(saved) and any("running_var" in k for k in kept)
+    assert all(torch.equal(kept[k], saved[k]) for k in saved)
+    for variant in ("WR-IMP", "WR-OMP"):
+        start, _, mask = ls.weights[(variant, 2)]
+        assert all(torch.equal(start[n], saved[n]) for n in mask)
+    wr = ls.table.query("variant == 'WR-IMP'")
+    assert (wr.epochs == STEP.epochs - 2).all() and wr.start.eq("θ2").all()
+
+
+def test_lt_and_rr_share_masks_and_differ_in_initialisation(ma_resnet):
+    spec, ls = ma_resnet
+    for r in (1, 2):
+        for kind in ("IMP", "OMP"):
+            (s_lt, _, m_lt), (s_rr, _, m_rr) = ls.weights[(f"LT-{kind}", r)], ls.weights[(f"RR-{kind}", r)]
+            assert m_lt == m_rr
+            assert all(not torch.equal(s_lt[n], s_rr[n]) for n in m_lt)
+            assert all(torch.equal(s_lt[n], ls.chain.init_state[n]) for n in m_lt)
+        assert ls.weights[("LT-IMP", r)][2].nonzeros == ls.weights[("LT-OMP", r)][2].nonzeros == ls.chain.mask(r).nonzeros
+    assert "conv1.weight" not in ls.chain.mask(1) and "fc.weight" not in ls.chain.mask(1)     # stem and classifier dense
+
+
+def test_sd_parameter_count_matches_the_ticket(ma_resnet):
+    _, ls = ma_resnet
+    sd = ls.table.query("variant == 'SD'")
+    assert len(sd) == 2 and ((sd.params/sd.target_params - 1).abs() < 0.05).all(), sd[["params", "target_params"]]
+    lt = ls.table.query("variant == 'LT-IMP'").set_index("level").params
+    assert sd.set_index("level").target_params.to_dict() == lt.to_dict()
+
+
+def test_omp_is_one_shot_global_magnitude_of_the_trained_dense(ma_resnet):
+    _, ls = ma_resnet
+    k = ls.chain.mask(2).nonzeros
+    assert omp_mask(ls.chain, k) == ref_prune(ls.chain.mask(0), ls.chain.state(0), k)
+
+
+def test_tail_recipe_continues_the_schedule():
+    r = Recipe(schedule="multistep", milestones=(80, 120), epochs=160, lr=0.1)
+    for t in (1, 8, 80, 121):
+        tail = tail_recipe(r, t)
+        assert [lr_at(tail, e) for e in range(tail.epochs)] == pytest.approx([lr_at(r, e) for e in range(t, 160)], rel=1e-12)
+    with pytest.raises(ValueError, match="t=160"): tail_recipe(r, 160)
+
+
+@pytest.mark.parametrize("kw, match", [(dict(rewind_epoch=3), "rewind_epoch=3"), (dict(rewind_epoch=0), "rewind_epoch=0"),
+                                       (dict(variants=["WR"]), r"variants=\['WR'\]"), (dict(rr_seed=3), "rr_seed=3")])
+def test_lottery_sanity_bad_input(kw, match):
+    with pytest.raises(ValueError, match=match):
+        lottery_sanity(model_for("digits", "lenet-300-100", seed=3), "digits", [0.64], STEP, **kw)
+
+
+def test_imp_level_and_reinitialised_errors():
+    assert [imp_level(0.8**r) for r in range(15)] == list(range(15))
+    with pytest.raises(ValueError, match="not an IMP level"): imp_level(0.5)
+    spec = model_for("digits", "lenet-300-100", seed=3)
+    tk = Ticket(Mask.ones(get_model(**spec)), get_model(**spec).state_dict(), spec, key="k")
+    with pytest.raises(ValueError, match="own seed"): reinitialised(tk, 3)
+    rr = reinitialised(tk, 4)
+    assert rr.key == "k/rr-4" and rr.model["seed"] == 4 and rr.mask == tk.mask

@@ -106,3 +106,38 @@ def test_fig1_takes_a_network_and_density(tmp_path, monkeypatch):
     assert (p["network"], p["density"]) == ("small-cnn", 0.5)
     with pytest.raises(pm.PapermillExecutionError, match="density=0.3"):
         run("fig1", tmp_path, monkeypatch, preset="smoke", density=0.3)
+
+
+def test_sanity_figures_share_one_grid(tmp_path, monkeypatch):
+    """sanity_figA1 computes LT/RR × IMP/OMP at every level; sanity_figD adds only WR and SD (at the focus densities);
+    sanity_figF and sanity_figG then train nothing. The figures, claims and Jackpot tables are written, and the
+    numbers the notebooks share are the same runs."""
+    prov = lambda nb: json.loads((tmp_path / "smoke" / nb / "provenance.json").read_text())
+    run("sanity_figA1", tmp_path, monkeypatch, preset="smoke")
+    assert prov("sanity_figA1")["runs_computed"] > 20
+    run("sanity_figD", tmp_path, monkeypatch, preset="smoke", rewind_epoch=1)
+    d = prov("sanity_figD")
+    assert d["runs_loaded"] > 0 and d["runs_computed"] == 3*2*3           # lrs × focus densities × (WR-IMP, WR-OMP, SD)
+    for nb in ("sanity_figF", "sanity_figG"):
+        run(nb, tmp_path, monkeypatch, preset="smoke")
+        assert prov(nb)["runs_computed"] == 0 and prov(nb)["runs_loaded"] > 0, (nb, prov(nb))
+    for nb in ("sanity_figA1", "sanity_figD", "sanity_figF", "sanity_figG"):
+        out = tmp_path / "smoke" / nb
+        assert (out / f"{nb}.png").stat().st_size > 1000 and (out / f"{nb}.pdf").read_bytes()[:5] == b"%PDF-"
+        claims = pd.read_csv(out / "claims.csv")
+        assert {"claim", "measured", "condition", "holds"} <= set(claims.columns) and len(claims) >= 3, nb
+    jack = pd.read_csv(tmp_path / "smoke" / "sanity_figF" / "jackpot.csv")
+    assert set(jack.query("appendix == 'C'").lr) == {0.005, 0.01, 0.1}
+    assert set(jack.condition) >= {"A_LT ≈ A_PRE", "A_LT > A_SD", "A_LT > A_RR", "⑤ ∃ lr: ≈ well-trained dense"}
+    a1 = pd.read_parquet(tmp_path / "smoke" / "sanity_figA1" / "results.parquet").set_index(["lr", "variant", "level"]).acc
+    f = pd.read_parquet(tmp_path / "smoke" / "sanity_figF" / "results.parquet").set_index(["lr", "variant", "level"]).acc
+    common = f.index.intersection(a1.index)
+    assert len(common) >= 3*(1 + 4*2)
+    pd.testing.assert_series_equal(f.loc[common], a1.loc[common])
+    corr = pd.read_parquet(tmp_path / "smoke" / "sanity_figG" / "results.parquet")
+    assert set(corr.variant) == {"dense", "LT-IMP", "RR-IMP"} and corr.R_p.between(0, 1).all()
+
+
+def test_sanity_figG_checks_its_density(tmp_path, monkeypatch):
+    with pytest.raises(pm.PapermillExecutionError, match="density=0.3"):
+        run("sanity_figG", tmp_path, monkeypatch, preset="smoke", density=0.3)
