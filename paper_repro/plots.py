@@ -38,7 +38,7 @@ def save_figure(fig: matplotlib.figure.Figure, # the figure to save
 # %% ../nbs/19_plots.ipynb #ee51cf9f
 def density_axis(ax: matplotlib.axes.Axes, axis: str = "x") -> matplotlib.axes.Axes:
     "Log-scale `axis` of `ax` for densities given as fractions, labelled 'weights remaining (%)' in percent."
-    fmt = matplotlib.ticker.FuncFormatter(lambda v, _: f"{100*v:g}")
+    fmt = matplotlib.ticker.FuncFormatter(lambda v, _: f"{100*v:.3g}")   # 0.8¹⁴ = 4.398…% shows as 4.4
     if axis == "x": ax.set_xscale("log"); ax.xaxis.set_major_formatter(fmt); ax.set_xlabel("weights remaining (%)")
     else: ax.set_yscale("log"); ax.yaxis.set_major_formatter(fmt); ax.set_ylabel("weights remaining (%)")
     return ax
