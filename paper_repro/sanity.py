@@ -16,14 +16,14 @@ from .data import load_dataset
 from .imp import lottery_sanity, reinitialised
 from .masks import Mask, keep_count, masked_layers, top_count
 from .models import as_generator
-from .core import PRESETS, fill_preset
+from .core import PRESETS
 from .plots import COLORS, MARKERS
 from .runs import STATS
 from .train import Recipe, Ticket, evaluate, finetune, last_value, model_for
 
 # %% auto #0
 __all__ = ['CHECKS', 'LTH', 'LTH_FIGURES', 'shuffle_check', 'reinit_check', 'invert_check', 'sanity_check', 'sanity_table',
-           'correlation_indicator', 'jackpot_conditions', 'LTHSweep', 'lth_sweep', 'lth_preset', 'lth_config',
+           'correlation_indicator', 'jackpot_conditions', 'LTHSweep', 'lth_sweep', 'lth_preset', 'check_lth',
            'lt_advantage']
 
 # %% ../nbs/16_sanity.ipynb #14fd786c
@@ -260,9 +260,9 @@ def lth_preset(figure: str) -> dict:
     if figure not in LTH_FIGURES: raise ValueError(f"figure={figure!r}: use one of {', '.join(map(repr, LTH_FIGURES))}")
     return {p: {**LTH[p], **LTH_FIGURES[figure]} for p in PRESETS}
 
-def lth_config(figure: str, **given) -> dict:
-    "`fill_preset(lth_preset(figure), **given)` with `models` and `lrs` as lists, checked against the preset."
-    cfg = fill_preset(lth_preset(figure), **given)
+def check_lth(cfg: Mapping) -> dict:
+    "A filled LTH preset (`fill_preset(lth_preset(figure), ...)`) with `models` and `lrs` as lists, checked against it."
+    cfg = dict(cfg)
     for k in ("models", "lrs"):
         if isinstance(cfg[k], (str, int, float)): cfg[k] = [cfg[k]]
     bad = [m for m in cfg["models"] if m not in cfg["networks"]]
