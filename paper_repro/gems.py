@@ -21,7 +21,7 @@ from .gem_miner import GEMS_OPTIONS, gem_miner
 from .imp import imp, round_recipe
 from .masks import Mask
 from .plots import COLORS, MARKERS, plot_methods
-from .runs import STATS
+from .runs import STATS, run_counts
 from .sanity import sanity_check
 from .train import RECIPES, Recipe, Ticket, as_recipe, evaluate, finetune, fit_seconds, last_value, model_for
 
@@ -284,7 +284,7 @@ def gems_sweep(cfg: Mapping, # a filled GEMS preset: data, networks, models, see
         if dense and not any(x["network"] == name and x["seed"] == s for x in out["dense"]): _dense(p)
         if "EP" in methods: _ep(p)
         if "SR" in methods: _sr(p)
-    cache = dict(loaded=STATS["hits"] - stats0.get("hits", 0), computed=STATS["misses"] - stats0.get("misses", 0))
+    cache = run_counts(stats0)
     cat = lambda parts: pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
     return GemsSweep(pd.DataFrame(out["rows"]), cat(out["layers"]), cat(out["curves"]), pd.DataFrame(out["dense"]), cache)
 

@@ -20,7 +20,7 @@ from .core import get_device
 from .data import DataSplit, load_dataset
 from .masks import Mask, apply_mask, check_density, keep_count, magnitude
 from .models import count_parameters, get_model, prunable_weights
-from .runs import CHECKPOINT, STATS, Result, Run, cached_run, run_hash
+from .runs import CHECKPOINT, STATS, Result, Run, cached_run, run_counts, run_hash
 from .train import (RECIPES, Recipe, Snapshot, Ticket, _splits, as_recipe, check_model, evaluate, finetune, fit,
                                fit_seconds, last_value)
 
@@ -365,14 +365,15 @@ def lottery_sanity(model: Mapping, # get_model arguments (model_for), with an in
     chain = imp(model, data, (1 - fraction)**(levels[-1] + 1), recipe, rewind=0, fraction=fraction, seed=seed,
                 exclude=exclude, keep_epochs=(t,), progress=progress)
     theta_t, ones = chain.epoch_state(t), chain.mask(0)
+    unpruned = count_parameters(get_model(**model)) - ones.size    # parameters no mask touches (biases, BatchNorm, excluded layers)
     rows, weights = [], {}
 
     def add(variant, r, ticket, trained, hist, pre, epochs, start, **extra):
-        mask = ticket.mask if variant != "SD" else Mask.ones(get_model(**ticket.model))
-        rows.append(dict(variant=variant, level=r, density=mask.density if variant != "SD" else float("nan"),
-                         kept=mask.nonzeros if variant != "SD" else None, start=start, epochs=epochs, pre_acc=pre,
-                         acc=last_value(hist), time_s=fit_seconds(hist), key=ticket.key, **extra))
-        if variant != "SD": weights[(variant, r)] = (_masked(ticket.weights, mask), _masked(trained, mask), mask)
+        sparse = variant != "SD"                       # SD is dense: no mask, no kept count, no weights to compare
+        m = ticket.mask
+        rows.append(dict(variant=variant, level=r, density=m.density if sparse else float("nan"), kept=m.nonzeros if sparse else None,
+                         start=start, epochs=epochs, pre_acc=pre, acc=last_value(hist), time_s=fit_seconds(hist), key=ticket.key, **extra))
+        if sparse: weights[(variant, r)] = (_masked(ticket.weights, m), _masked(trained, m), m)
 
     def train(variant, r, ticket, rcp, start, **extra):
         net, hist = finetune(ticket, data, rcp, seed=seed, progress=False)
@@ -383,7 +384,7 @@ def lottery_sanity(model: Mapping, # get_model arguments (model_for), with an in
     bar = tqdm(levels, desc="lottery sanity", unit="level", disable=not progress)
     for r in bar:
         lt = chain.level(r)
-        kept, params = lt.mask.nonzeros, count_parameters(get_model(**model)) - ones.size + lt.mask.nonzeros
+        kept = lt.mask.nonzeros; params = unpruned + kept
         if "LT-IMP" in variants:    # round r of the chain trained exactly this ticket
             add("LT-IMP", r, lt, chain.state(r), chain.runs[r].history, chain.runs[r].info["pre_acc"], T, "θ0", params=params)
         if "RR-IMP" in variants: train("RR-IMP", r, reinitialised(lt, rr_seed), recipe, "θ0'", params=params)
@@ -396,12 +397,12 @@ def lottery_sanity(model: Mapping, # get_model arguments (model_for), with an in
         if "SD" in variants:
             opts = {k: v for k, v in model.items() if k != "name"}
             sd = small_dense(model["name"], kept/ones.size, exclude, **opts)
-            ticket = Ticket(Mask.ones(get_model(**sd.model)), get_model(**sd.model).state_dict(), sd.model,
-                            key=f"init-{run_hash('init', sd.model)}", info=dict(width=sd.width))
+            net = get_model(**sd.model)
+            ticket = Ticket(Mask.ones(net), net.state_dict(), sd.model, key=f"init-{run_hash('init', sd.model)}", info=dict(width=sd.width))
             train("SD", r, ticket, recipe, "θ0 (SD)", params=sd.params, target_params=sd.target, width=sd.width)
     cols = ["variant", "level", "density", "kept", "params", "target_params", "width", "start", "epochs", "pre_acc", "acc", "time_s", "key"]
     table = pd.DataFrame(rows).reindex(columns=cols)
     table[["kept", "params", "target_params"]] = table[["kept", "params", "target_params"]].astype("Int64")
     table["nominal"] = (1 - fraction)**table.level
-    cache = dict(loaded=STATS["hits"] - stats0.get("hits", 0), computed=STATS["misses"] - stats0.get("misses", 0))
+    cache = run_counts(stats0)
     return LotterySanity(table, chain, t, weights, cache)

@@ -28,8 +28,8 @@ import torch
 from .core import Timer, outputs_dir, provenance, save_json
 
 # %% auto #0
-__all__ = ['ENGINE_VERSION', 'STATS', 'KIND', 'CHECKPOINT', 'jsonable', 'canonical', 'run_hash', 'Result', 'Run', 'runs_root',
-           'cached_run']
+__all__ = ['ENGINE_VERSION', 'STATS', 'KIND', 'CHECKPOINT', 'jsonable', 'canonical', 'run_hash', 'Result', 'Run', 'run_counts',
+           'runs_root', 'cached_run']
 
 # %% ../nbs/05_runs.ipynb #f59bcf1a
 ENGINE_VERSION = 1  # bump when masks/train/data change what a run computes: every cached run is then recomputed
@@ -96,6 +96,10 @@ class Run:
 
 # %% ../nbs/05_runs.ipynb #a62b8684
 STATS: Counter = Counter()  # "hits", "misses" in this process
+
+def run_counts(since: Mapping[str, int]) -> dict[str, int]:
+    "Runs loaded and computed since `since`, a copy of `STATS` taken before (what a sweep reports as its cache use)."
+    return dict(loaded=STATS["hits"] - since.get("hits", 0), computed=STATS["misses"] - since.get("misses", 0))
 KIND = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 CHECKPOINT = "checkpoint.pt"  # a run's resume checkpoint in its work folder; deleted when the run is done
 

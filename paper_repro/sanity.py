@@ -18,7 +18,7 @@ from .masks import Mask, keep_count, masked_layers, top_count
 from .models import as_generator
 from .core import PRESETS
 from .plots import COLORS, MARKERS
-from .runs import STATS
+from .runs import STATS, run_counts
 from .train import Recipe, Ticket, evaluate, finetune, last_value, model_for
 
 # %% auto #0
@@ -248,7 +248,7 @@ def lth_sweep(cfg: Mapping, # a filled LTH preset
     table = pd.concat(tables, ignore_index=True)
     table["method"], table["target"] = table.variant, table.nominal
     cols = ["network", "lr", "variant"] + [c for c in table.columns if c not in ("network", "lr", "variant")]
-    cache = dict(loaded=STATS["hits"] - stats0.get("hits", 0), computed=STATS["misses"] - stats0.get("misses", 0))
+    cache = run_counts(stats0)
     return LTHSweep(table[cols], pd.DataFrame(corr), cache)
 
 # %% ../nbs/16_sanity.ipynb #98495cb6
