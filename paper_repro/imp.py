@@ -201,6 +201,8 @@ def imp(model: Mapping, # get_model arguments (from model_for), with an integer 
         seed: int = 0, # batch order and augmentation (every round)
         exclude: Sequence[str] = (), # layers never pruned: 'first', 'last', names
         keep_epochs: Sequence[int] = (), # round 0 also keeps the weights after these epochs (weight rewinding: `epoch_state`)
+        round_loss=None, # rounds r >= 1 add round_loss(r, mask, optimum) to the loss (e.g. `rti.Repulsion`); its `config` is in their keys
+        masks_from: IMPResult | None = None, # train this IMP's masks instead of pruning: with another model seed, its reinitialisation
         cache: bool = True, # every round a cached run ("imp-round"); resumes interrupted runs
         progress: bool = True,
         root: str | Path | None = None, # run cache root (default outputs/runs)
@@ -222,6 +224,10 @@ def imp(model: Mapping, # get_model arguments (from model_for), with an integer 
     if bad: raise ValueError(f"keep_epochs={list(keep_epochs)!r}: round 0 trains {rr.epochs} epochs; keep epochs t with 1 <= t < {rr.epochs}")
     base = dict(model=model, data=data if isinstance(data, str) else None, recipe=rr, rewind=rewind, fraction=fraction,
                 exclude=[n for n in prunable_weights(net0) if n not in ones], seed=seed)
+    if round_loss is not None and not (callable(round_loss) and isinstance(getattr(round_loss, "config", None), Mapping)):
+        raise ValueError(f"round_loss={round_loss!r}: use an object with a `config` dict (its cache key) that is called as "
+                         "round_loss(r, mask, optimum) -> extra_loss or None, e.g. rti.Repulsion(lam_r=2)")
+    source = _check_source(masks_from, model, ones, counts, cache)
     test = splits["test"]
     runs: dict[int, Run | Result] = {}
 
@@ -229,13 +235,16 @@ def imp(model: Mapping, # get_model arguments (from model_for), with an integer 
         r = config["round"]
         if r == 0: mask, net = ones, get_model(**model)
         else:
-            prev = get_round(r - 1)
-            mask = imp_prune(Mask(prev.tensors["mask"]), prev.tensors["state"], density, fraction)
+            if source is not None: mask = source.mask(r)
+            else:
+                prev = get_round(r - 1)
+                mask = imp_prune(Mask(prev.tensors["mask"]), prev.tensors["state"], density, fraction)
             net = rewound(model, get_round(0).tensors["rewind"], mask)
         init = _plain_state(net, keys) if r == 0 else None
         pre = evaluate(apply_mask(net, mask).to(get_device()), test)
         snap = [Snapshot(iterations=[rewind], epochs=keep)] if r == 0 else []
-        hist = fit(net, splits, rr, mask=mask, callbacks=snap, seed=seed, progress=progress,
+        extra = round_loss(r, mask, lambda k: get_round(k).tensors["state"]) if round_loss is not None and r > 0 else None
+        hist = fit(net, splits, rr, mask=mask, extra_loss=extra, callbacks=snap, seed=seed, progress=progress,
                    checkpoint=None if workdir is None else workdir/CHECKPOINT)
         tensors = dict(mask=mask.state_dict(), state=_plain_state(net, keys))
         if r == 0: tensors.update(init=init, rewind=_plain_state(snap[0].iterations[rewind], keys),
@@ -247,22 +256,44 @@ def imp(model: Mapping, # get_model arguments (from model_for), with an integer 
     def get_round(r):
         if r not in runs:
             cfg = dict(base, round=r, **({"keep_epochs": keep} if r == 0 and keep else {}))   # only round 0 depends on it
+            if r > 0 and round_loss is not None: cfg["round_loss"] = dict(round_loss.config)
+            if r > 0 and source is not None: cfg["masks_from"] = _run_key(source.runs[r]) if cache else r
             runs[r] = cached_run("imp-round", cfg, train_round, root=root) if cache else train_round(cfg, None)
         return runs[r]
 
     trained = max(len(counts) - 1, 1)            # R trained rounds (round 0 also when d = 1: it has the rewind point)
     for r in tqdm(range(trained), desc=f"imp to {density:.4g}", unit="round", disable=not progress): get_round(r)
     last = runs[trained - 1]
-    final = imp_prune(Mask(last.tensors["mask"]), last.tensors["state"], density, fraction) if len(counts) > 1 else ones
+    if source is not None: final = source.ticket.mask
+    else: final = imp_prune(Mask(last.tensors["mask"]), last.tensors["state"], density, fraction) if len(counts) > 1 else ones
     ticket_net = rewound(model, runs[0].tensors["rewind"], final)
     pre = evaluate(ticket_net.to(get_device()), test)
     hist = _history([runs[r] for r in range(trained)])
-    key = f"imp-{run_hash('imp', dict(base, density=density), CACHE_VERSION)}" if cache else None
+    extras = dict(**({"round_loss": dict(round_loss.config)} if round_loss is not None else {}),
+                  **({"masks_from": source.ticket.key} if source is not None else {}))
+    key = f"imp-{run_hash('imp', dict(base, density=density, **extras), CACHE_VERSION)}" if cache else None
     info = dict(algorithm="imp", density=final.density, kept=final.nonzeros, prunings=len(counts) - 1, rewind=rewind,
                 epochs_per_round=rr.epochs, fraction=fraction, pre_finetune_loss=pre["loss"], pre_finetune_acc=pre["acc"])
     ticket = Ticket(final, runs[0].tensors["rewind"], model, hist, info, key=key)
     table = pd.DataFrame([dict(runs[r].info, cached=bool(getattr(runs[r], "cached", False))) for r in range(trained)])
     return IMPResult(table, ticket, hist, pre["acc"], [runs[r] for r in range(trained)], model)
+
+def _run_key(run) -> str:
+    return f"{run.kind}-{run.key}"
+
+def _check_source(source, model, ones, counts, cache) -> IMPResult | None:
+    "`masks_from`, checked: an IMP of the same architecture, pruned tensors and schedule (cached when this one is)."
+    if source is None: return None
+    if not isinstance(source, IMPResult): raise ValueError(f"masks_from={type(source).__name__}: give the IMPResult whose masks to train")
+    other = {k: v for k, v in source.model.items() if k != "seed"}
+    if other != {k: v for k, v in model.items() if k != "seed"}:
+        raise ValueError(f"masks_from is an IMP of {source.model}, another architecture than {model}")
+    if list(source.mask(0)) != list(ones) or [len(source.runs), source.ticket.mask.nonzeros] != [max(len(counts) - 1, 1), counts[-1]]:
+        raise ValueError(f"masks_from trained {len(source.runs)} rounds to {source.ticket.mask.nonzeros} weights over "
+                         f"{list(source.mask(0))}; this IMP needs {max(len(counts) - 1, 1)} rounds to {counts[-1]} over {list(ones)}: "
+                         "use the same density, fraction and exclude")
+    if cache and not all(isinstance(r, Run) for r in source.runs): raise ValueError("masks_from was not cached: pass cache=False")
+    return source
 
 def _history(runs) -> pd.DataFrame:
     "The rounds' histories in one long table; epoch 0 rows: the test loss/accuracy of the network each round starts from."

@@ -15,7 +15,8 @@ import seaborn as sns
 import torch
 
 # %% auto #0
-__all__ = ['COLORS', 'MARKERS', 'AXIS_LABELS', 'set_style', 'save_figure', 'density_axis', 'plot_methods', 'image_grid']
+__all__ = ['COLORS', 'MARKERS', 'LINESTYLES', 'AXIS_LABELS', 'set_style', 'save_figure', 'density_axis', 'plot_methods',
+           'image_grid']
 
 # %% ../nbs/19_plots.ipynb #c8a1d1d8
 def set_style(context: str = "paper", # seaborn context: "paper", "notebook", "talk"
@@ -46,6 +47,7 @@ def density_axis(ax: matplotlib.axes.Axes, axis: str = "x") -> matplotlib.axes.A
 # %% ../nbs/19_plots.ipynb #a382541f
 COLORS: dict[str, str] = {"dense": "0.35"}
 MARKERS: dict[str, str] = {}
+LINESTYLES: dict[str, str] = {}   # method -> matplotlib linestyle (default solid): e.g. a control drawn dashed
 AXIS_LABELS: dict[str, str] = {"lr": "learning rate", "p": "p (top fraction compared)"}
 
 def plot_methods(ax: matplotlib.axes.Axes, # a matplotlib axis
@@ -67,7 +69,7 @@ def plot_methods(ax: matplotlib.axes.Axes, # a matplotlib axis
         g = rows.groupby(key)[metric].agg(["mean", "std"])
         xs = rows.groupby(key)["density"].mean() if x == "density" else g.index.to_series()
         ax.errorbar(xs.to_numpy(), scale*g["mean"].to_numpy(), yerr=scale*g["std"].fillna(0).to_numpy(), color=COLORS.get(m),
-                    marker=MARKERS.get(m, "o"), ms=5, lw=1.5, capsize=2, label=(labels or {}).get(m, m))
+                    marker=MARKERS.get(m, "o"), ls=LINESTYLES.get(m, "-"), ms=5, lw=1.5, capsize=2, label=(labels or {}).get(m, m))
     if dense is not None:
         ax.axhline(1.0 if relative else scale*dense, color=COLORS["dense"], ls="--", lw=1, label="dense")
     if x == "density":

@@ -141,3 +141,44 @@ def test_sanity_figures_share_one_grid(tmp_path, monkeypatch):
 def test_sanity_figG_checks_its_density(tmp_path, monkeypatch):
     with pytest.raises(pm.PapermillExecutionError, match="density=0.3"):
         run("sanity_figG", tmp_path, monkeypatch, preset="smoke", density=0.3)
+
+
+def test_rti_figures_share_one_sweep(tmp_path, monkeypatch):
+    """rti_fig1 computes IMP and its reinitialisation at every batch size (with and without warm-up); rti_fig4, 5 and 6
+    then train nothing, rti_fig2 only the second copy of each instability ticket, rti_fig8 nothing; rti_fig3 and
+    rti_fig7 only their repellent/attractive and weight-decay rounds. The same runs give the same numbers."""
+    prov = lambda nb: json.loads((tmp_path / "smoke" / nb / "provenance.json").read_text())
+    run("rti_fig1", tmp_path, monkeypatch, preset="smoke")
+    assert prov("rti_fig1")["runs_computed"] == 2*2*2*4            # batch × warm-up × (IMP, reinit) × rounds (all four round 0s differ)
+    for nb in ("rti_fig4", "rti_fig5", "rti_fig6", "rti_fig8"):
+        run(nb, tmp_path, monkeypatch, preset="smoke")
+        assert prov(nb)["runs_computed"] == 0 and prov(nb)["runs_loaded"] > 0, (nb, prov(nb))
+    run("rti_fig2", tmp_path, monkeypatch, preset="smoke")
+    assert prov("rti_fig2")["runs_computed"] == 2*2                 # batch sizes × instability rounds: the seed + 1 copies
+    run("rti_fig3", tmp_path, monkeypatch, preset="smoke")
+    assert prov("rti_fig3")["runs_computed"] == 2*2*3              # (repellent, attractive) × (IMP, reinit) × rounds 1-3
+    run("rti_fig7", tmp_path, monkeypatch, preset="smoke")
+    assert prov("rti_fig7")["runs_computed"] == 2*4                # (IMP, reinit) × rounds, with the other weight decay
+    for nb in ("rti_fig1", "rti_fig2", "rti_fig3", "rti_fig4", "rti_fig5", "rti_fig6", "rti_fig7", "rti_fig8"):
+        out = tmp_path / "smoke" / nb
+        assert (out / f"{nb}.png").stat().st_size > 1000 and (out / f"{nb}.pdf").read_bytes()[:5] == b"%PDF-"
+        claims = pd.read_csv(out / "claims.csv")
+        assert {"claim", "measured", "condition", "holds"} <= set(claims.columns) and len(claims) >= 3, nb
+    f1 = pd.read_parquet(tmp_path / "smoke" / "rti_fig1" / "results.parquet").set_index(["label", "variant", "round"])
+    f6 = pd.read_parquet(tmp_path / "smoke" / "rti_fig6" / "results.parquet").set_index(["label", "variant", "round"])
+    pd.testing.assert_series_equal(f6.threshold, f1.threshold.loc[f6.index])
+    f3 = pd.read_parquet(tmp_path / "smoke" / "rti_fig3" / "results.parquet").set_index(["label", "variant", "round"])
+    plain = f3.index.intersection(f1.index)
+    assert len(plain) == 2*2*4
+    pd.testing.assert_series_equal(f3.acc.loc[plain], f1.acc.loc[plain])
+
+
+def test_rti_fig4_appendix_variants(tmp_path, monkeypatch):
+    """Appendix B's Euclidean distance, and Appendix D's one-optimum repulsion at the stable batch size."""
+    run("rti_fig4", tmp_path, monkeypatch, preset="smoke", distance="euclidean", lam_r=2.0, only_last=True)
+    p = json.loads((tmp_path / "smoke" / "rti_fig4" / "provenance.json").read_text())
+    assert (p["distance"], p["lam_r"], p["only_last"], p["batch_sizes"]) == ("euclidean", 2.0, True, [512])
+    t = pd.read_parquet(tmp_path / "smoke" / "rti_fig4" / "results.parquet")
+    assert (t.distance >= 0).all() and t.distance.max() > 0
+    with pytest.raises(pm.PapermillExecutionError, match="distance='manhattan'"):
+        run("rti_fig4", tmp_path, monkeypatch, preset="smoke", distance="manhattan")
