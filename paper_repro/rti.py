@@ -185,8 +185,7 @@ RTI = {
     "paper": dict(model="resnet20", networks={
                       "resnet20": _net("cifar10", "resnet20", _R20, "kaiming_normal", batch_sizes=[128, 256, 512, 1024, 2048],
                                        stable=2048, semistable=512, unstable=128),
-                      "lenet-300-100": _net("mnist", "lenet-300-100", _LENET, "kaiming_uniform",
-                                            options=dict(in_channels=1, input_size=28), batch_sizes=[60, 256, 1024, 2048],
+                      "lenet-300-100": _net("mnist", "lenet-300-100", _LENET, "kaiming_uniform", batch_sizes=[60, 256, 1024, 2048],
                                             stable=2048, semistable=1024, unstable=60),
                       "conv4": _net("cifar10", "conv4", _CONV4, "kaiming_normal", batch_sizes=[16, 128, 512, 2048],
                                     stable=2048, semistable=512, unstable=16)},
