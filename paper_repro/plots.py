@@ -59,6 +59,7 @@ def plot_methods(ax: matplotlib.axes.Axes, # a matplotlib axis
                  labels: dict[str, str] | None = None, # legend names (default: the method names)
                  x: str = "density", # "density" (log axis in percent) or a numeric column such as "lr" (log axis)
                  percent: bool = True, # draw the metric ×100 (accuracies)
+                 tick_every: int = 1, # label every n-th of the grid's x values (many IMP rounds crowd the axis)
                 ) -> matplotlib.axes.Axes:
     "One line per method (mean ± sd over seeds) against density or `x`, the dense network as a line."
     scale = (1/dense if relative else (100 if percent else 1)) if dense else (100 if percent else 1)
@@ -74,7 +75,7 @@ def plot_methods(ax: matplotlib.axes.Axes, # a matplotlib axis
         ax.axhline(1.0 if relative else scale*dense, color=COLORS["dense"], ls="--", lw=1, label="dense")
     if x == "density":
         density_axis(ax)
-        ax.set_xticks(sorted(summary.target.unique()))                             # the grid's densities
+        ax.set_xticks(sorted(summary.target.unique(), reverse=True)[::tick_every])  # the grid's densities, the densest first
     else:
         ax.set_xscale("log"); ax.set_xlabel(AXIS_LABELS.get(x, x))
         ax.set_xticks(sorted(summary[x].unique())); ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))

@@ -19,14 +19,14 @@ from .core import PRESETS
 from .imp import IMPResult, imp, imp_rounds
 from .masks import Mask, keep_count
 from .models import prunable_weights
-from .plots import COLORS, LINESTYLES, MARKERS
+from .plots import COLORS, LINESTYLES, MARKERS, plot_methods
 from .runs import STATS, run_counts
 from .train import Recipe, model_for
 
 # %% auto #0
 __all__ = ['RTI', 'SETTING', 'VARIANT_NAMES', 'REINIT_SEED', 'RTI_FIGURES', 'Optima', 'repulsion_loss', 'Repulsion',
            'pruning_threshold', 'remaining_weights', 'round_statistics', 'setting', 'setting_label', 'RTISweep',
-           'sweep_recipe', 'rti_sweep', 'rti_preset', 'check_rti', 'batch_settings']
+           'sweep_recipe', 'rti_sweep', 'method_name', 'plot_by_batch', 'rti_preset', 'check_rti', 'batch_settings']
 
 # %% ../nbs/14_rti.ipynb #0548c240
 def _tensors(xs, what: str) -> list[torch.Tensor]:
@@ -276,8 +276,30 @@ def rti_sweep(cfg: Mapping, # a filled RTI preset (`check_rti`)
             st = round_statistics(found[v]).assign(cached=found[v].rounds.cached.to_numpy())
             rows.append(st.assign(label=label, seed=seed, variant=v, **{k: s[k] for k in SETTING}))
     table = pd.concat(rows, ignore_index=True)
-    cols = ["label", *SETTING, "seed", "variant", "round", "density", "kept", "pre_acc", "acc", "threshold", "cached"]
+    table["method"], table["target"] = [method_name(r) for r in table.itertuples()], table.density
+    cols = ["label", *SETTING, "seed", "variant", "method", "round", "density", "target", "kept", "pre_acc", "acc", "threshold", "cached"]
     return RTISweep(table[cols], chains, recipes, run_counts(stats0))
+
+def method_name(row) -> str:
+    "How the figures name a (setting, variant): 'IMP', 'reinit + warm-up', 'repellent IMP', 'attractive reinit', ..."
+    kind = "" if not row.lam_r else ("repellent " if row.lam_r > 0 else "attractive ")
+    return kind + row.variant + (" + warm-up" if row.warmup else "")
+
+def plot_by_batch(table: pd.DataFrame, # rti_sweep's table (or rows of it)
+                  metric: str, # "acc", "threshold", ...
+                  methods: Sequence[str], # `method` values, in legend order
+                  batch_sizes: Sequence[int], # one panel each
+                  percent: bool = True, # the metric ×100
+                  ylabel: str | None = None,
+                 ):
+    "One panel per batch size: `metric` of each method against the weights remaining (mean ± sd over seeds)."
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(batch_sizes), figsize=(3.3*len(batch_sizes), 3.2), sharey=True, squeeze=False)
+    for ax, b in zip(axes[0], batch_sizes):
+        plot_methods(ax, table[table.batch_size == b], metric, methods, percent=percent, tick_every=3)
+        ax.set_title(f"batch size {b}"); ax.set_ylabel("")
+    axes[0, 0].set_ylabel(ylabel or ("test accuracy (%)" if percent else metric)); axes[0, 0].legend(fontsize=7)
+    return fig, axes
 
 # %% ../nbs/14_rti.ipynb #426c46d0
 RTI_FIGURES = {
