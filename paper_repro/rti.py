@@ -298,7 +298,8 @@ def plot_by_batch(table: pd.DataFrame, # rti_sweep's table (or rows of it)
     for ax, b in zip(axes[0], batch_sizes):
         plot_methods(ax, table[table.batch_size == b], metric, methods, percent=percent, tick_every=3)
         ax.set_title(f"batch size {b}"); ax.set_ylabel("")
-    axes[0, 0].set_ylabel(ylabel or ("test accuracy (%)" if percent else metric)); axes[0, 0].legend(fontsize=7)
+    axes[0, 0].set_ylabel(ylabel or ("test accuracy (%)" if percent else metric))
+    max(axes[0], key=lambda ax: len(ax.get_legend_handles_labels()[0])).legend(fontsize=7)   # the panel that has every method
     return fig, axes
 
 # %% ../nbs/14_rti.ipynb #426c46d0
