@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from numbers import Real
 from typing import Callable, Mapping, Sequence
 
+import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 from torch import nn
@@ -162,11 +163,9 @@ def remaining_weights(weights: Mapping[str, torch.Tensor], mask: Mask) -> torch.
 
 def round_statistics(chain: IMPResult, # an `imp` result (or its reinitialisation control)
                     ) -> pd.DataFrame:
-    "Per trained round: round, density, kept, pre_acc, acc, threshold (`pruning_threshold` of its trained weights)."
+    "`chain.rounds` (round, density, kept, pre_acc, acc, cached, ...) with each round's `threshold` (`pruning_threshold` of its trained weights)."
     f = chain.ticket.info["fraction"]
-    rows = [dict(round=int(r.info["round"]), density=r.info["density"], kept=r.info["kept"], pre_acc=r.info["pre_acc"],
-                 acc=r.info["acc"], threshold=pruning_threshold(chain.state(i), chain.mask(i), f)) for i, r in enumerate(chain.runs)]
-    return pd.DataFrame(rows)
+    return chain.rounds.assign(threshold=[pruning_threshold(chain.state(i), chain.mask(i), f) for i in range(len(chain.runs))])
 
 # %% ../nbs/14_rti.ipynb #7cbd6052
 def _net(data, model, recipe, init, options=None, batch_sizes=(), stable=None, semistable=None, unstable=None) -> dict:
@@ -273,8 +272,7 @@ def rti_sweep(cfg: Mapping, # a filled RTI preset (`check_rti`)
         if "reinit" in variants: found["reinit"] = imp({**spec, "seed": seed + REINIT_SEED}, masks_from=found["IMP"], **run)
         for v in variants:
             chains[(label, seed, v)] = found[v]
-            st = round_statistics(found[v]).assign(cached=found[v].rounds.cached.to_numpy())
-            rows.append(st.assign(label=label, seed=seed, variant=v, **{k: s[k] for k in SETTING}))
+            rows.append(round_statistics(found[v]).assign(label=label, seed=seed, variant=v, **{k: s[k] for k in SETTING}))
     table = pd.concat(rows, ignore_index=True)
     table["method"], table["target"] = [method_name(r) for r in table.itertuples()], table.density
     cols = ["label", *SETTING, "seed", "variant", "method", "round", "density", "target", "kept", "pre_acc", "acc", "threshold", "cached"]
@@ -293,7 +291,6 @@ def plot_by_batch(table: pd.DataFrame, # rti_sweep's table (or rows of it)
                   ylabel: str | None = None,
                  ):
     "One panel per batch size: `metric` of each method against the weights remaining (mean ± sd over seeds)."
-    import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, len(batch_sizes), figsize=(3.3*len(batch_sizes), 3.2), sharey=True, squeeze=False)
     for ax, b in zip(axes[0], batch_sizes):
         plot_methods(ax, table[table.batch_size == b], metric, methods, percent=percent, tick_every=3)
