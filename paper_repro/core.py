@@ -84,7 +84,7 @@ def experiment_dir(name: str, # notebook name, e.g. "fig3"
 
 EXPERIMENT_NOTEBOOK = re.compile(r"^(fig\d+|rti_fig\d+|sanity_fig\w+|asni_(fig|table)\d+|data_\w+)$")
 
-RUN_FIRST = ("fig4",)  # notebooks that compute the runs other notebooks read
+RUN_FIRST = ("fig4", "asni_table2")  # notebooks that compute the runs other notebooks read
 
 def experiment_notebooks(nbs: str | Path | None = None, # notebook folder (default: the checkout's nbs/)
                         ) -> list[str]:

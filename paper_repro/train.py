@@ -59,6 +59,7 @@ class Recipe:
     crop: int = 0                   # random crops with this much zero padding (CIFAR recipes: 4)
     flip: bool = False              # random horizontal flips
     trains: str = "weights"         # "weights", "scores" or "both"
+    delta: float = 0.0              # "asni" / "asni-code": ASNI's cosine scale δ (Table 1)
 
     def __post_init__(self):
         for k in ("milestones", "betas"):
@@ -82,20 +83,33 @@ class Recipe:
             if list(self.milestones) != sorted(set(self.milestones)):
                 raise ValueError(f"milestones={self.milestones!r}: use increasing epochs")
         elif self.milestones: raise ValueError(f"milestones={self.milestones!r} are only for schedule='multistep' (schedule={self.schedule!r})")
+        _number("delta", self.delta, 0)
+        if self.delta and not self.schedule.startswith("asni"):
+            raise ValueError(f"delta={self.delta!r} is only for schedule='asni' or 'asni-code' (schedule={self.schedule!r})")
+        bad = next((e for e in range(self.epochs) if not SCHEDULES[self.schedule](self, e) > 1e-12), None)  # cos(π/2) is 6e-17
+        if bad is not None:
+            hint = (" As ASNI's paper prints it, cos(π e/((1+δ)E)) is negative from e = (1+δ)E/2 on; the authors' code "
+                    "runs schedule='asni-code', ½(1 + cos(π e/((1+δ)(E+1))))" if self.schedule == "asni" else "")
+            raise ValueError(f"schedule={self.schedule!r} with epochs={self.epochs}, delta={self.delta}: the rate is "
+                             f"{SCHEDULES[self.schedule](self, bad):.3g}·lr in epoch {bad} (from 0); it must stay positive.{hint}")
 
     def replace(self, **changes) -> Recipe:
         "A copy with `changes` (checked like a new recipe)."
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
-        "Plain JSON-able fields (lists for tuples)."
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        "Plain JSON-able fields (lists for tuples); a field added later (`delta`) only when it is set."
+        d = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        if not d["delta"]: del d["delta"]   # the recipes cached before `delta` existed keep their keys
+        return d
 
 # %% ../nbs/04_train.ipynb #a25c954d
 SCHEDULES: dict[str, Callable[[Recipe, int], float]] = {
     "constant": lambda r, e: 1.0,
     "cosine": lambda r, e: 0.5*(1 + math.cos(math.pi*e/r.epochs)),
     "multistep": lambda r, e: r.gamma**sum(m <= e for m in r.milestones),
+    "asni": lambda r, e: math.cos(math.pi*e/((1 + r.delta)*r.epochs)),
+    "asni-code": lambda r, e: 0.5*(1 + math.cos(math.pi*e/((1 + r.delta)*(r.epochs + 1)))),
 }
 
 def lr_at(recipe: Recipe, epoch: int, progress: float = 1.0) -> float:
@@ -105,7 +119,7 @@ def lr_at(recipe: Recipe, epoch: int, progress: float = 1.0) -> float:
 
 # %% ../nbs/04_train.ipynb #94fb8075
 class _Masked(torch.optim.Optimizer):
-    "Shared by `MaskedSGD` and `MaskedAdam`: the `masks` mapping, the step over groups, the masked fused update."
+    "Shared by `MaskedSGD` and `MaskedAdam`: the `masks` mapping, the step over groups, the masked gradient."
     def __init__(self, params, defaults, masks: Mapping[torch.Tensor, torch.Tensor] | None = None):
         super().__init__(params, defaults)
         self.masks = dict(masks or {})
@@ -114,18 +128,19 @@ class _Masked(torch.optim.Optimizer):
         for p, m in self.masks.items():
             if id(p) not in known: raise ValueError(f"masks: a tensor of shape {tuple(p.shape)} is not among the optimized parameters")
             if m.shape != p.shape: raise ValueError(f"masks: a mask of shape {tuple(m.shape)} for a parameter of shape {tuple(p.shape)}")
-
-    def _split(self, params, updates):
-        return ([(p, u, self._mask[id(p)]) for p, u in zip(params, updates) if id(p) in self._mask],
-                [(p, u) for p, u in zip(params, updates) if id(p) not in self._mask])
+        self._versions = {id(p): m._version for p, m in self.masks.items()}
 
     def _apply(self, params, updates, scale: float):
-        "p ← p − scale·u, times its mask where it has one: one fused call for the masked, one for the rest."
-        masked, plain = self._split(params, updates)
-        if masked:
-            p, u, m = map(list, zip(*masked)); torch._foreach_addcmul_(p, u, m, value=-scale)
-        if plain:
-            p, u = map(list, zip(*plain)); torch._foreach_add_(p, u, alpha=-scale)
+        "p ← p − scale·u (one fused call; a masked entry's u is 0)."
+        torch._foreach_add_(params, updates, alpha=-scale)
+
+    def _sync_masks(self):
+        "Zero the state of entries whose mask went to 0 in place since the last step (one version check a mask)."
+        for p, m in self.masks.items():
+            if m._version != self._versions[id(p)]:
+                for v in self.state[p].values():
+                    if isinstance(v, torch.Tensor) and v.shape == p.shape: v.mul_(m)
+                self._versions[id(p)] = m._version
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -133,19 +148,23 @@ class _Masked(torch.optim.Optimizer):
         loss = None
         if closure is not None:
             with torch.enable_grad(): loss = closure()
+        if self.masks: self._sync_masks()
         for g in self.param_groups:
             params, grads = self._grads(g)
             if params: self._update(g, params, grads)
         return loss
 
     def _grads(self, group):
+        "The gradients with weight decay, times their masks: nothing of a pruned entry reaches the state."
         params = [p for p in group["params"] if p.grad is not None]
         grads = [p.grad for p in params]
         if group["weight_decay"]: grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+        masked = [(g, self._mask[id(p)]) for p, g in zip(params, grads) if id(p) in self._mask]
+        if masked: torch._foreach_mul_(*map(list, zip(*masked)))
         return params, grads
 
 class MaskedSGD(_Masked):
-    "SGD with momentum, Nesterov and weight decay (as `torch.optim.SGD`); the update of each masked weight is multiplied by its mask."
+    "SGD with momentum, Nesterov and weight decay (as `torch.optim.SGD`); each masked weight's gradient is multiplied by its mask."
     def __init__(self, params, lr: float, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0, masks=None):
         super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay), masks)
 
@@ -163,7 +182,7 @@ class MaskedSGD(_Masked):
         self._apply(params, upd, g["lr"])
 
 class MaskedAdam(_Masked):
-    "Adam with L2 weight decay (as `torch.optim.Adam`); the update of each masked weight is multiplied by its mask."
+    "Adam with L2 weight decay (as `torch.optim.Adam`); each masked weight's gradient is multiplied by its mask."
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0, masks=None):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, step=0), masks)
 
@@ -242,6 +261,7 @@ class Callback:
     "Override what you need; all hooks default to doing nothing."
     def on_fit_start(self, state: FitState): pass
     def on_step(self, state: FitState): pass
+    def on_epoch_trained(self, state: FitState): pass   # after the epoch's last step, before its evaluation
     def on_epoch_end(self, state: FitState): pass
     def state_dict(self) -> dict: return {}
     def load_state_dict(self, state: dict): pass
@@ -396,11 +416,11 @@ def fit(model: nn.Module, # trained in place
                 n += len(y); state.iteration += 1
                 for c in on_step: c.on_step(state)
                 bar.update()
-            state.epoch = epoch + 1
+            state.epoch, state.logged = epoch + 1, []
+            for c in cbs: c.on_epoch_trained(state)
             means = (sums/n).tolist()
             results = {"train": dict(loss=means[0], acc=means[1], **dict(zip(names, means[2:])))}
             for k, ld in evals.items(): results[k] = evaluate(model, ld)
-            state.logged = []
             for c in cbs: c.on_epoch_end(state)
             now, dens = elapsed + timer.elapsed, get_mask(model).density
             values = [(k, m, float(v)) for k, r in results.items() for m, v in r.items()] + state.logged

@@ -182,3 +182,29 @@ def test_rti_fig4_appendix_variants(tmp_path, monkeypatch):
     assert (t.distance >= 0).all() and t.distance.max() > 0
     with pytest.raises(pm.PapermillExecutionError, match="distance='manhattan'"):
         run("rti_fig4", tmp_path, monkeypatch, preset="smoke", distance="manhattan")
+
+
+def test_asni_notebooks_share_the_table_runs(tmp_path, monkeypatch):
+    """asni_table2 computes D, A, C and S (4 runs); asni_fig2, fig3 and fig4 then train nothing, and the numbers they
+    show are the table's. A papermill parameter (gamma) reaches the runs: fig2 with another gamma computes its own."""
+    prov = lambda nb: json.loads((tmp_path / "smoke" / nb / "provenance.json").read_text())
+    run("asni_table2", tmp_path, monkeypatch, preset="smoke")
+    assert prov("asni_table2")["runs_computed"] == 4
+    for nb in ("asni_fig2", "asni_fig3", "asni_fig4"):
+        run(nb, tmp_path, monkeypatch, preset="smoke")
+        assert prov(nb)["runs_computed"] == 0 and prov(nb)["runs_loaded"] > 0, (nb, prov(nb))
+        out = tmp_path / "smoke" / nb
+        assert (out / f"{nb}.png").stat().st_size > 1000 and (out / f"{nb}.pdf").read_bytes()[:5] == b"%PDF-"
+        claims = pd.read_csv(out / "claims.csv")
+        assert {"claim", "measured", "condition", "holds"} <= set(claims.columns) and len(claims) >= 3, nb
+    table = pd.read_parquet(tmp_path / "smoke" / "asni_table2" / "results.parquet")
+    curves = pd.read_parquet(tmp_path / "smoke" / "asni_fig2" / "results.parquet")
+    last = curves[curves.epoch == curves.epoch.max()].set_index("variant").value.sort_index()
+    pd.testing.assert_series_equal(last, table.set_index("variant").acc.sort_index(), check_names=False)
+    layers = pd.read_parquet(tmp_path / "smoke" / "asni_fig4" / "results.parquet")
+    a = table[table.variant == "A"].iloc[0]
+    assert layers.kept.sum() / layers["size"].sum() == pytest.approx(a.density)
+    t2 = pd.read_csv(tmp_path / "smoke" / "asni_table2" / "table2.csv")
+    assert t2.gamma[0] == 1 and t2.alpha[0] == 80
+    run("asni_fig2", tmp_path, monkeypatch, preset="smoke", gamma=2.0)
+    assert prov("asni_fig2")["gamma"] == 2.0 and prov("asni_fig2")["runs_computed"] == 3   # A, and C, S from its mask; D loaded

@@ -80,10 +80,11 @@ def values(h, split, metric):
 class Count(Callback):
     "Records every hook call."
     def __init__(self):
-        self.starts, self.iterations, self.epochs, self.step_epochs = [], [], [], []
+        self.starts, self.iterations, self.epochs, self.step_epochs, self.trained = [], [], [], [], []
 
     def on_fit_start(self, s): self.starts.append(s.iteration)
     def on_step(self, s): self.iterations.append(s.iteration); self.step_epochs.append(s.epoch)
+    def on_epoch_trained(self, s): self.trained.append((s.epoch, s.iteration))
     def on_epoch_end(self, s): self.epochs.append(s.epoch)
 
 
@@ -192,8 +193,11 @@ def test_to_dict_is_json_and_round_trips():
                warmup=1.5, crop=4, flip=True)
     d = r.to_dict()
     assert d["milestones"] == [2, 5] and d["betas"] == [0.8, 0.99]
-    assert set(d) == {f.name for f in dataclasses.fields(Recipe)}
+    assert set(d) == {f.name for f in dataclasses.fields(Recipe)} - {"delta"}   # delta: only when set
     assert Recipe(**json.loads(json.dumps(d))) == r
+    r = r.replace(schedule="asni-code", milestones=(), delta=0.3)
+    assert set(r.to_dict()) == {f.name for f in dataclasses.fields(Recipe)}
+    assert Recipe(**json.loads(json.dumps(r.to_dict()))) == r
 
 
 def test_get_recipe_and_unknown_name():
@@ -234,6 +238,41 @@ def test_multistep_matches_multistep_lr(epochs, milestones, gamma):
     r = Recipe(lr=0.1, epochs=epochs, schedule="multistep", milestones=milestones, gamma=gamma)
     expected = torch_rates(torch.optim.lr_scheduler.MultiStepLR, 0.1, epochs, milestones=list(milestones), gamma=gamma)
     assert [lr_at(r, e) for e in range(epochs)] == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("epochs,delta", [(20, 1.1), (90, 1.5)])
+def test_asni_printed_cosine_by_hand(epochs, delta):
+    """schedule='asni' is eta0*cos(pi*e/((1+delta)*E)) at every epoch e (from 0), as ASNI's paper prints it."""
+    r = Recipe(lr=0.2, epochs=epochs, schedule="asni", delta=delta)
+    want = [0.2 * math.cos(math.pi * e / ((1 + delta) * epochs)) for e in range(epochs)]
+    assert [lr_at(r, e) for e in range(epochs)] == pytest.approx(want, rel=1e-12)
+
+
+@pytest.mark.parametrize("epochs,delta", [(90, 0.02), (160, 0.06), (20, 0.0)])
+def test_asni_code_cosine_by_hand_and_positive(epochs, delta):
+    """schedule='asni-code' is eta0/2*(1+cos(pi*e/((1+delta)*(E+1)))): the code's scale_coslr is 1 + delta."""
+    r = Recipe(lr=0.35, epochs=epochs, schedule="asni-code", delta=delta)
+    rates = [lr_at(r, e) for e in range(epochs)]
+    want = [0.35 * 0.5 * (1 + math.cos(math.pi * e / ((1 + delta) * (epochs + 1)))) for e in range(epochs)]
+    assert rates == pytest.approx(want, rel=1e-12)
+    assert rates[0] == 0.35 and min(rates) > 0 and rates == sorted(rates, reverse=True)
+
+
+@pytest.mark.parametrize("epochs,delta,first", [(160, 0.06, 85), (90, 0.02, 46), (10, 0.0, 5)])
+def test_asni_printed_cosine_that_turns_negative_is_refused(epochs, delta, first):
+    """Table 1's CIFAR recipe with the printed formula would have a negative rate from epoch (1+delta)E/2 on."""
+    with pytest.raises(ValueError, match=f"epoch {first} .*asni-code"):
+        Recipe(lr=0.05, epochs=epochs, schedule="asni", delta=delta)
+    assert math.ceil((1 + delta) * epochs / 2) == first
+
+
+def test_delta_is_only_for_asni_and_absent_from_old_keys():
+    """delta needs an ASNI schedule; unset, it is not in to_dict, so recipes cached before it keep their keys."""
+    with pytest.raises(ValueError, match="delta=0.06.*only for schedule='asni'"):
+        Recipe(delta=0.06)
+    assert "delta" not in Recipe().to_dict() and "delta" not in get_recipe("cpu").to_dict()
+    r = Recipe(schedule="asni-code", delta=0.06, epochs=160)
+    assert r.to_dict()["delta"] == 0.06 and Recipe(**r.to_dict()) == r
 
 
 def test_constant_is_constant():
@@ -364,7 +403,8 @@ def test_fixed_mask_survives_200_steps_exactly(build, recipe):
 @pytest.mark.parametrize("build", BUILDS)
 @pytest.mark.parametrize("recipe", [SGD, ADAM], ids=["sgd", "adam"])
 def test_mask_shrunk_in_place_mid_training_holds_despite_optimizer_state(build, recipe):
-    """Shrinking the mask in place after 100 steps keeps the newly pruned weights at 0 though their momentum is not."""
+    """Shrinking the mask in place after 100 steps: the newly pruned entries' state holds their history until the next
+    step, which zeroes it; after 100 more steps the pruned weights and all their state are exactly 0."""
     model = build()
     mask = random_mask(model, 0.5, seed=0)
     apply_mask(model, mask)
@@ -379,7 +419,33 @@ def test_mask_shrunk_in_place_mid_training_holds_despite_optimizer_state(build, 
     steps(model, opt, batches(100, seed=1))
     for n, w in prunable_weights(model).items():
         assert (w[~smaller[n]] == 0).all(), n
+        for k, v in opt.state[w].items():
+            if torch.is_tensor(v) and v.shape == w.shape: assert (v[~smaller[n]] == 0).all(), (n, k)
     assert Mask.from_weights(model) == smaller
+
+
+@pytest.mark.parametrize("recipe", [SGD, SGD.replace(nesterov=True), ADAM], ids=["sgd", "nesterov", "adam"])
+def test_masked_entries_state_is_exactly_zero_and_kept_entries_match_the_masked_gradient(recipe):
+    """Every state tensor is 0 at pruned entries after 50 steps; one SGD step without momentum moves a kept weight by
+    exactly -lr * (its gradient + wd * w), as the gradient of the masked network prescribes."""
+    model = net()
+    mask = random_mask(model, 0.2, seed=3)
+    apply_mask(model, mask)
+    opt = make_optimizer(model, recipe)
+    steps(model, opt, batches(50))
+    for n, w in prunable_weights(model).items():
+        tensors = [v for v in opt.state[w].values() if torch.is_tensor(v) and v.shape == w.shape]
+        assert tensors and all((v[~mask[n]] == 0).all() for v in tensors), n
+    plain = Recipe(optimizer="sgd", lr=0.1, momentum=0.0, weight_decay=1e-3)
+    opt = make_optimizer(model, plain)
+    x, y = batches(1)[0]
+    before = {n: w.detach().clone() for n, w in prunable_weights(model).items()}
+    opt.zero_grad(); F.cross_entropy(model(x), y).backward()
+    grads = {n: w.grad.detach().clone() for n, w in prunable_weights(model).items()}
+    opt.step()
+    for n, w in prunable_weights(model).items():
+        want = torch.where(mask[n], before[n] - 0.1 * (grads[n] + 1e-3 * before[n]), torch.zeros(()))
+        torch.testing.assert_close(w.detach(), want, rtol=0, atol=1e-7)
 
 
 @pytest.mark.parametrize("trains", ["both", "scores"])
@@ -595,7 +661,8 @@ def test_plain_function_callback_log_and_stop(digits):
 
 
 def test_callback_hooks_are_called_the_right_number_of_times(digits):
-    """on_fit_start once at iteration 0, on_step epochs*len(loader) times with iteration 1..N, on_epoch_end per epoch."""
+    """on_fit_start once at iteration 0, on_step epochs*len(loader) times with iteration 1..N, on_epoch_trained and
+    on_epoch_end once per epoch (the first after the epoch's last step)."""
     cb = Count()
     run(net(), digits, callbacks=[cb])
     n = 3 * PER_EPOCH
@@ -603,6 +670,7 @@ def test_callback_hooks_are_called_the_right_number_of_times(digits):
     assert cb.iterations == list(range(1, n + 1))
     assert cb.step_epochs == [(i - 1) // PER_EPOCH for i in range(1, n + 1)]
     assert cb.epochs == [1, 2, 3]
+    assert cb.trained == [(e, e * PER_EPOCH) for e in (1, 2, 3)]
 
 
 # ---------------------------------------------------------------- 6. snapshots
