@@ -7,7 +7,7 @@ What it measures
 
     * ``dense``       the plain model from ``paper_repro.models.get_model``;
     * ``fixed``       the same model under a fixed 5%-density random mask (``apply_mask``): the plain forward pass,
-                      and the mask folded into the optimizer's fused update (``MaskedSGD``);
+                      and the mask applied to the gradient inside the optimizer's step (``MaskedSGD``);
     * ``scores``      the same model with learnable scores (``to_masked(rule="round")``, GEM-MINER's rule), weights
                       frozen, only the scores trained: forward computes w ⊙ r(p) ⊙ q through the straight-through
                       estimator, and ``keep_masks`` projects the scores to [0, 1] after every step;
@@ -55,7 +55,7 @@ RECIPE = Recipe(optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=5e-4)
 
 
 def engine_step(model, trains="weights"):
-    "The engine's step: `make_optimizer` (mask folded into the update) + `keep_masks` (score projection), as `fit` does."
+    "The engine's step: `make_optimizer` (the gradient masked in its step) + `keep_masks` (score projection), as `fit` does."
     opt = make_optimizer(model, RECIPE.replace(trains=trains))
     keep_masks(opt, model)
     return train_step(model, opt)

@@ -373,7 +373,7 @@ def table2(sweep: ASNISweep) -> pd.DataFrame:
                    seeds=t.seed.nunique(), density=a.density.mean() if len(a) else math.nan, pruned=a.pruned.mean() if len(a) else math.nan,
                    sparsity=a.sparsity.mean() if len(a) else math.nan, nonzeros=a.nonzeros.mean() if len(a) else math.nan)
         row.update({v: 100*t[t.variant == v].acc.mean() if (t.variant == v).any() else math.nan for v in VARIANTS})
-        row.update({f"paper_{k}": v for k, v in r["paper"].items()})
+        row.update({f"paper_{k}": v for k, v in r["paper"].items()}, paper_data=ASNI_ROWS[name]["data"] if name in ASNI_ROWS else None)
         out.append(row)
     return pd.DataFrame(out)
 
