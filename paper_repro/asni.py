@@ -5,6 +5,7 @@
 # %% ../nbs/18_asni.ipynb #9c7edf18
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
@@ -392,6 +393,8 @@ def asni_preset(figure: str) -> dict:
 def check_asni_cfg(cfg: Mapping) -> dict:
     "A filled ASNI preset (`fill_preset(asni_preset(figure), ...)`) with `rows` and `seeds` as lists, checked; α, β, γ overrides applied."
     cfg = dict(cfg)
+    for k in ("rows", "seeds"):   # papermill's -p passes a list as its text: '["mnist-fc"]', '[0, 1]'
+        if isinstance(cfg[k], str) and cfg[k].strip().startswith("["): cfg[k] = json.loads(cfg[k])
     if isinstance(cfg["rows"], str): cfg["rows"] = [cfg["rows"]]
     if isinstance(cfg["seeds"], int): cfg["seeds"] = [cfg["seeds"]]
     bad = [r for r in [*cfg["rows"], cfg["row"]] if r not in cfg["networks"]]
