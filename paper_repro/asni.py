@@ -16,7 +16,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .core import PRESETS
-from .masks import Mask, apply_mask, get_mask, keep_count, magnitude, plain_state
+from .masks import Mask, _weights_of, apply_mask, get_mask, keep_count, magnitude, plain_state
 from .models import count_parameters, get_model, prunable_layers
 from .plots import COLORS, MARKERS
 from .runs import STATS, Result, cached_run, run_counts, run_hash
@@ -26,8 +26,8 @@ from .train import (Callback, FitState, Recipe, Ticket, as_recipe, check_model, 
 # %% auto #0
 __all__ = ['CACHE_VERSION', 'CONVENTIONS', 'VARIANTS', 'VARIANT_NAMES', 'ASNI_ROWS', 'ASNI', 'ASNI_FIGURES', 'check_asni',
            'sigmoid_schedule', 'pruning_plan', 'pruned_percent', 'asni_prune', 'ASNIPruning', 'centroids',
-           'centroid_init', 'ASNIResult', 'asni', 'ASNIVariants', 'asni_variants', 'ASNISweep', 'asni_sweep', 'table2',
-           'asni_preset', 'check_asni_cfg']
+           'centroid_init', 'table2_counts', 'ASNIResult', 'asni', 'ASNIVariants', 'asni_variants', 'ASNISweep',
+           'asni_sweep', 'table2', 'asni_preset', 'check_asni_cfg']
 
 # %% ../nbs/18_asni.ipynb #2ff73a20
 CACHE_VERSION = 1  # bump when asni() changes what a configuration computes
@@ -100,8 +100,8 @@ def centroids(model: nn.Module, # a (masked) model: its effective prunable weigh
              ) -> pd.DataFrame:
     "Per prunable layer: c_plus and c_minus (means of the positive and of the negative surviving weights), their counts, size."
     rows = []
-    for name, layer in prunable_layers(model).items():
-        w = (layer.effective_weight() if hasattr(layer, "effective_weight") else layer.weight).detach().double()
+    for name, w in _weights_of(model).items():   # w ⊙ mask for masked layers, the weight otherwise
+        w = w.double()
         pos, neg = w[w > 0], w[w < 0]
         rows.append(dict(layer=name, c_plus=float(pos.mean()) if len(pos) else math.nan,
                          c_minus=float(neg.mean()) if len(neg) else math.nan, n_plus=len(pos), n_minus=len(neg),
@@ -130,8 +130,11 @@ def centroid_init(model: nn.Module, # a trained ASNI network (masked or plain); 
     return model
 
 # %% ../nbs/18_asni.ipynb #30582e52
-def _nonzeros(state: Mapping[str, torch.Tensor], names) -> int:
-    return sum(int((state[n] != 0).sum()) for n in names)
+def table2_counts(net: nn.Module) -> dict:
+    "Table 2's counting of a network: all its parameters (biases and BatchNorm included), the non-zeros among them, the sparsity in %."
+    params = count_parameters(net)
+    nz = sum(int((p != 0).sum()) for p in net.parameters())
+    return dict(params=params, nonzeros=nz, sparsity=100*(1 - nz/params))
 
 @dataclass
 class ASNIResult:
@@ -156,12 +159,8 @@ class ASNIResult:
         return self.ticket.network()
 
     def counts(self) -> dict:
-        "Table 2's counting: parameters (all, biases and BatchNorm included), non-zeros among them, and the sparsity in percent."
-        net = self.network()
-        params = count_parameters(net)
-        state = dict(net.named_parameters())
-        nz = _nonzeros(state, state)
-        return dict(params=params, nonzeros=nz, sparsity=100*(1 - nz/params), pruned=pruned_percent(self.mask))
+        "Table 2's counting of the learned sparse network (`table2_counts`), and the pruned percentage of its prunable weights."
+        return dict(table2_counts(self.network()), pruned=pruned_percent(self.mask))
 
     def dense_ticket(self) -> Ticket:
         "D: the dense network from θ⁰ (cacheable by the model alone, so every ASNI run of it shares one)."
@@ -267,14 +266,10 @@ def asni_variants(model: Mapping, # get_model arguments (model_for); its seed is
             ticket = {"D": res.dense_ticket, "C": res.centroid_ticket, "S": res.original_ticket}[v]()
             net, hist = finetune(ticket, data, recipe if v == "D" else retrain, seed=s, cache=cache, progress=False)
             key = ticket.key
-        state = dict(net.named_parameters())
         mask = Mask.from_weights(net)
-        nz = _nonzeros(state, state)
-        params = count_parameters(net)
         trained[(v, s)] = plain_state(net)
         rows.append(dict(variant=v, seed=s, acc=last_value(hist), density=mask.density, pruned=pruned_percent(mask),
-                         nonzeros=nz, params=params, sparsity=100*(1 - nz/params), epochs=int(hist.epoch.max()),
-                         time_s=fit_seconds(hist), key=key))
+                         **table2_counts(net), epochs=int(hist.epoch.max()), time_s=fit_seconds(hist), key=key))
         curves.append(hist.assign(variant=v, seed=s))
     curves = pd.concat(curves, ignore_index=True)[["variant", "seed", "epoch", "split", "metric", "value", "density", "lr"]]
     return ASNIVariants(pd.DataFrame(rows), curves, results, trained, run_counts(stats0))
