@@ -12,6 +12,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NB ?=
 ARGS ?=
+# Where make repro computes each notebook's grid of runs (runs.sweep): pool = one worker per core (or GPU).
+EXECUTOR ?= pool
 # Datasets `make data` guarantees (the tests read the real Fashion-MNIST).
 DATASETS ?= fashion-mnist
 OUTPUTS := $(or $(PAPER_REPRO_OUTPUTS),outputs)
@@ -27,6 +29,7 @@ help:
 	@echo "make test     create .venv if missing, get the data, check the library is in step with nbs/, run nbdev_test and pytest"
 	@echo "make repro    create .venv if missing, get the data, run every experiment notebook at preset auto into $(OUTPUTS)/"
 	@echo "              make repro NB=fig3 ARGS=\"-p lam 1.5e-5\"   one notebook, papermill arguments passed through"
+	@echo "              make repro EXECUTOR=serial                 runs in this process (default: pool, one worker per core or GPU)"
 	@echo "make export   after editing notebooks: nbdev_export + nbdev_clean (commit nbs/ and paper_repro/ together)"
 	@echo "make bench    benchmarks (bench/loader.py: TensorLoader vs DataLoader; bench/mask_overhead.py: masked vs dense step)"
 	@echo "experiment notebooks: $(EXPERIMENTS)"
@@ -83,12 +86,16 @@ repro: $(STAMP) data
 	for nb in $$nbs; do \
 	  if [[ " $$all " != *" $$nb "* ]]; then echo "unknown notebook '$$nb'; experiment notebooks: $$all"; exit 2; fi; \
 	done; \
+	t0=$$(date +%s); \
 	for nb in $$nbs; do \
 	  mkdir -p "$(OUTPUTS)/$$nb"; \
-	  echo "papermill nbs/$$nb.ipynb $(OUTPUTS)/$$nb/$$nb.ipynb $(ARGS)"; \
-	  $(BIN)/papermill "nbs/$$nb.ipynb" "$(OUTPUTS)/$$nb/$$nb.ipynb" -k python3 --cwd nbs --log-output --no-progress-bar $(ARGS); \
+	  echo "papermill nbs/$$nb.ipynb $(OUTPUTS)/$$nb/$$nb.ipynb -p executor $(EXECUTOR) $(ARGS)"; \
+	  s=$$(date +%s); \
+	  $(BIN)/papermill "nbs/$$nb.ipynb" "$(OUTPUTS)/$$nb/$$nb.ipynb" -k python3 --cwd nbs --log-output --no-progress-bar -p executor $(EXECUTOR) $(ARGS); \
+	  printf "%s\t%s\t%s\n" "$$nb" "$$(( $$(date +%s) - s ))" "$$(date -u +%FT%TZ)" >> "$(OUTPUTS)/repro_times.tsv"; \
 	  echo "wrote $(OUTPUTS)/$$nb/"; ls "$(OUTPUTS)/$$nb"; \
-	done
+	done; \
+	echo "make repro: $$(( $$(date +%s) - t0 )) s; per-notebook wall times in $(OUTPUTS)/repro_times.tsv"
 
 bench: $(STAMP) data
 	$(BIN)/python bench/loader.py

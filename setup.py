@@ -30,6 +30,8 @@ requirements = shlex.split(cfg.get("requirements", ""))
 if cfg.get("pip_requirements"):
     requirements += shlex.split(cfg.get("pip_requirements", ""))
 dev_requirements = shlex.split(cfg.get("dev_requirements", ""))
+extras = {"dev": dev_requirements, "submitit": shlex.split(cfg.get("submitit_requirements", "")),
+          "ray": shlex.split(cfg.get("ray_requirements", ""))}
 console_scripts = cfg.get("console_scripts", "").split()
 
 setuptools.setup(
@@ -46,7 +48,7 @@ setuptools.setup(
     packages=setuptools.find_packages(include=[cfg["lib_path"], cfg["lib_path"] + ".*"]),
     include_package_data=True,
     install_requires=requirements,
-    extras_require={"dev": dev_requirements},
+    extras_require=extras,
     dependency_links=cfg.get("dep_links", "").split(),
     python_requires=">=" + min_python,
     long_description=open("README.md", encoding="utf-8").read(),

@@ -19,6 +19,7 @@ from .core import PRESETS
 from .masks import Mask, _weights_of, apply_mask, get_mask, keep_count, magnitude, plain_state
 from .models import count_parameters, get_model, prunable_layers
 from .plots import COLORS, MARKERS
+from . import runs
 from .runs import STATS, Result, cached_run, run_counts, run_hash
 from .train import (Callback, FitState, Recipe, Ticket, as_recipe, check_model, finetune, fit, fit_seconds,
                                last_value, model_for)
@@ -335,10 +336,20 @@ class ASNISweep:
         return (f"ASNISweep({', '.join(self.rows)}; {len(self.table)} runs' rows; "
                 f"runs loaded {self.cache.get('loaded')}, computed {self.cache.get('computed')})")
 
+def _asni_row(cfg: Mapping, name: str, seeds: Sequence[int], variants: Sequence[str], progress: bool = False) -> ASNIVariants:
+    "`asni_variants` of one row of the preset."
+    r = cfg["networks"][name]
+    return asni_variants(model_for(r["data"], r["model"], **r["options"]), r["data"], r["alpha"], r["beta"], r["gamma"], r["recipe"],
+                         seeds=seeds, variants=variants, retrain=r["retrain"], convention=cfg["convention"], progress=progress)
+
+def _asni_unit(u: dict): _asni_row(**u)
+
 def asni_sweep(cfg: Mapping, # a filled ASNI preset
                rows: str | Sequence[str] | None = None, # default: cfg["rows"]
                seeds: Sequence[int] | None = None, # default: cfg["seeds"]
                variants: Sequence[str] = VARIANTS,
+               executor: str = "serial", # where the runs are computed (`runs.EXECUTORS`)
+               workers: int | None = None, # parallel (row, seed) units (`runs.sweep`)
                progress: bool = True,
               ) -> ASNISweep:
     "D, A, C and S for each row and seed of the preset (cached runs)."
@@ -347,17 +358,17 @@ def asni_sweep(cfg: Mapping, # a filled ASNI preset
     if bad or not names: raise ValueError(f"rows={names!r}: this preset has {', '.join(map(repr, cfg['networks']))}")
     seeds = cfg["seeds"] if seeds is None else list(seeds)
     stats0, out, tables, curves = dict(STATS), {}, [], []
-    for name in tqdm(names, desc="asni rows", unit="row", disable=not progress or len(names) == 1):
-        r = cfg["networks"][name]
-        vs = asni_variants(model_for(r["data"], r["model"], **r["options"]), r["data"], r["alpha"], r["beta"], r["gamma"],
-                           r["recipe"], seeds=seeds, variants=variants, retrain=r["retrain"], convention=cfg["convention"],
-                           progress=progress)
-        out[name] = vs
+    runs.sweep([dict(cfg=cfg, name=n, seeds=[s], variants=list(variants)) for n in names for s in seeds], _asni_unit, executor,
+               workers=workers, desc="asni sweep", progress=progress)
+    swept = run_counts(stats0)
+    for name in names:                                       # every run is cached now: this loads them
+        vs = out[name] = _asni_row(cfg, name, seeds, variants)
         tables.append(vs.table.assign(row=name)); curves.append(vs.curves.assign(row=name))
     table = pd.concat(tables, ignore_index=True)
     table["method"] = table.variant
     cols = ["row", "variant"] + [c for c in table.columns if c not in ("row", "variant")]
-    return ASNISweep(table[cols], pd.concat(curves, ignore_index=True), out, {n: cfg["networks"][n] for n in names}, run_counts(stats0))
+    return ASNISweep(table[cols], pd.concat(curves, ignore_index=True), out, {n: cfg["networks"][n] for n in names},
+                     runs.gathered_counts(stats0, swept))
 
 def table2(sweep: ASNISweep) -> pd.DataFrame:
     "Table 2 as measured (means over the seeds, accuracies in %), with the paper's printed values in `paper_*` columns."

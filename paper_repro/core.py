@@ -24,10 +24,10 @@ import pandas as pd
 import torch
 
 # %% auto #0
-__all__ = ['DATA_ENV', 'OUTPUTS_ENV', 'EXPERIMENT_NOTEBOOK', 'RUN_FIRST', 'DEVICE_ENV', 'PRESETS', 'PRESET_ENV', 'repo_root',
-           'data_dir', 'outputs_dir', 'experiment_dir', 'experiment_notebooks', 'save_json', 'DeviceUnavailableError',
-           'get_device', 'seed_everything', 'resolve_preset', 'fill_preset', 'watch_parameters', 'provenance', 'Timer',
-           'claim', 'interleaved', 'timing_summary']
+__all__ = ['DATA_ENV', 'OUTPUTS_ENV', 'EXPERIMENT_NOTEBOOK', 'RUN_FIRST', 'DEVICE_ENV', 'PRESETS', 'PRESET_ENV', 'RUN_KNOBS',
+           'repo_root', 'data_dir', 'outputs_dir', 'experiment_dir', 'experiment_notebooks', 'save_json',
+           'DeviceUnavailableError', 'get_device', 'seed_everything', 'resolve_preset', 'fill_preset',
+           'watch_parameters', 'provenance', 'Timer', 'claim', 'interleaved', 'timing_summary']
 
 # %% ../nbs/00_core.ipynb #fa678f17
 def _expect_error(f, exc, *contains):
@@ -158,6 +158,8 @@ def resolve_preset(preset: str = "auto", # one of "auto", "smoke", "cpu", "paper
     return "paper" if get_device().type == "cuda" else "cpu"
 
 # %% ../nbs/00_core.ipynb #2f426889
+RUN_KNOBS = {"executor": "serial", "workers": None}  # every notebook's: where its grid of runs is computed (`runs.sweep`)
+
 def fill_preset(table: Mapping[str, Mapping[str, Any]], # {"smoke": {...}, "cpu": {...}, "paper": {...}}
                 preset: str = "auto", # as in `resolve_preset`
                 **given, # the notebook's parameters; None means "take the preset's value"
@@ -166,10 +168,12 @@ def fill_preset(table: Mapping[str, Mapping[str, Any]], # {"smoke": {...}, "cpu"
     missing = [p for p in PRESETS if p not in table]
     if missing: raise ValueError(f"preset table lacks {missing}; it needs {list(PRESETS)}")
     name = resolve_preset(preset)
-    knobs = dict(table[name])
+    knobs = {**RUN_KNOBS, **table[name]}
     unknown = sorted(set(given) - set(knobs))
     if unknown: raise ValueError(f"unknown parameter(s) {unknown}; this notebook's parameters are {sorted(knobs)}")
     knobs.update({k: v for k, v in given.items() if v is not None})
+    from paper_repro.runs import check_executor     # (runs builds on this module)
+    check_executor(knobs["executor"])
     if name == "smoke": torch.set_num_threads(1)   # tiny networks: one thread is several times faster than two busy ones
     return {"preset": name, **knobs}
 

@@ -21,6 +21,7 @@ from .gem_miner import GEMS_OPTIONS, gem_miner
 from .imp import imp, round_recipe
 from .masks import Mask
 from .plots import COLORS, MARKERS, plot_methods
+from . import runs
 from .runs import STATS, run_counts
 from .sanity import sanity_check
 from .train import RECIPES, Recipe, Ticket, as_recipe, evaluate, finetune, fit_seconds, last_value, model_for
@@ -259,32 +260,41 @@ def _select(cfg: Mapping, models, densities) -> dict[str, dict]:
     return out
 
 # %% ../nbs/17_gems.ipynb #fc395da3
+def _gems_point(cfg: Mapping, name: str, s: int, d: float, methods: Sequence[str], dense: bool, out: dict | None = None, test=None):
+    "One grid point: every method at network `name`, seed `s`, density `d` (rows into `out`; None: only compute the runs)."
+    out = dict(rows=[], layers=[], curves=[], dense=[]) if out is None else out
+    p = _Point(cfg["data"], name, cfg["networks"][name], s, d, load_dataset(cfg["data"], "test") if test is None else test, out)
+    if {"GM", "sanity"} & set(methods): _gm(p, "sanity" in methods)
+    for m in methods:
+        if m.startswith("IMP"): _imp(p, m)
+    if dense and not any(x["network"] == name and x["seed"] == s for x in out["dense"]): _dense(p)
+    if "EP" in methods: _ep(p)
+    if "SR" in methods: _sr(p)
+
+def _gems_unit(u: dict): _gems_point(**u)
+
 def gems_sweep(cfg: Mapping, # a filled GEMS preset: data, networks, models, seeds
                methods: Sequence[str] = ("GM", "IMP", "EP", "SR", "sanity"), # from METHODS
                models: str | Sequence[str] | None = None, # networks to run (default: cfg["models"])
                densities: float | Sequence[float] | None = None, # a subset of each network's densities (default: all)
                seeds: int | Sequence[int] | None = None, # default: cfg["seeds"]
                dense: bool = True, # also the dense reference (cold IMP's round 0)
+               executor: str = "serial", # where the grid's runs are computed (`runs.EXECUTORS`)
+               workers: int | None = None, # parallel grid points (`runs.sweep`)
                progress: bool = True,
               ) -> GemsSweep:
     "Run (or load) the Rare Gems comparison grid; return its tables."
     methods, data = _check_methods(methods), cfg["data"]
     targets = _select(cfg, models, densities)
     seeds = cfg["seeds"] if seeds is None else ([seeds] if isinstance(seeds, int) else list(seeds))
-    test, stats0 = load_dataset(data, "test"), dict(STATS)
-    out = dict(rows=[], layers=[], curves=[], dense=[])
     grid = [(name, s, d) for name, ds in targets.items() for s in seeds for d in ds]
-    bar = tqdm(grid, desc="gems sweep", unit="point", disable=not progress)
-    for name, s, d in bar:
-        bar.set_postfix_str(f"{name} seed {s} density {d:.4g}")
-        p = _Point(data, name, cfg["networks"][name], s, d, test, out)
-        if {"GM", "sanity"} & set(methods): _gm(p, "sanity" in methods)
-        for m in methods:
-            if m.startswith("IMP"): _imp(p, m)
-        if dense and not any(x["network"] == name and x["seed"] == s for x in out["dense"]): _dense(p)
-        if "EP" in methods: _ep(p)
-        if "SR" in methods: _sr(p)
-    cache = run_counts(stats0)
+    stats0, by_seed = dict(STATS), sorted(grid, key=lambda g: (g[0], g[2], g[1]))  # seeds adjacent: parallel points share no IMP chain
+    runs.sweep([dict(cfg=cfg, name=n, s=s, d=d, methods=methods, dense=dense) for n, s, d in by_seed], _gems_unit,
+               executor, workers=workers, desc="gems sweep", progress=progress)
+    swept = run_counts(stats0)
+    test, out = load_dataset(data, "test"), dict(rows=[], layers=[], curves=[], dense=[])
+    for name, s, d in grid: _gems_point(cfg, name, s, d, methods, dense, out, test)   # every run is cached now: this loads them
+    cache = runs.gathered_counts(stats0, swept)
     cat = lambda parts: pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
     return GemsSweep(pd.DataFrame(out["rows"]), cat(out["layers"]), cat(out["curves"]), pd.DataFrame(out["dense"]), cache)
 

@@ -21,6 +21,7 @@ from .imp import IMPResult, imp, imp_rounds
 from .masks import Mask, keep_count
 from .models import prunable_weights
 from .plots import COLORS, LINESTYLES, MARKERS, plot_methods
+from . import runs
 from .runs import STATS, run_counts
 from .train import Recipe, model_for
 
@@ -248,35 +249,46 @@ def sweep_recipe(cfg: Mapping, s: Mapping) -> Recipe:
     r = Recipe(**cfg["networks"][cfg["model"]]["recipe"])
     return r.replace(batch_size=s["batch_size"], warmup=s["warmup"], **({} if s["weight_decay"] is None else {"weight_decay": s["weight_decay"]}))
 
+def _rti_chains(cfg: Mapping, s: Mapping, seed: int, variants: Sequence[str]) -> dict[str, IMPResult]:
+    "IMP (and its reinitialisation control) of one setting and seed."
+    net = cfg["networks"][cfg["model"]]
+    loss = Repulsion(s["lam_r"], only_last=s["only_last"]) if s["lam_r"] else None
+    spec = model_for(net["data"], net["model"], seed=seed, **net["options"])
+    run = dict(data=net["data"], density=(1 - cfg["fraction"])**cfg["rounds"], recipe=sweep_recipe(cfg, s), fraction=cfg["fraction"],
+               seed=seed, round_loss=loss, progress=False)
+    found = {"IMP": imp(spec, **run)}
+    if "reinit" in variants: found["reinit"] = imp({**spec, "seed": seed + REINIT_SEED}, masks_from=found["IMP"], **run)
+    return found
+
+def _rti_unit(u: dict): _rti_chains(**u)
+
 def rti_sweep(cfg: Mapping, # a filled RTI preset (`check_rti`)
               settings: Sequence[Mapping], # from `setting`
               variants: Sequence[str] = VARIANT_NAMES, # "IMP" and/or "reinit"
+              executor: str = "serial", # where the chains are computed (`runs.EXECUTORS`)
+              workers: int | None = None, # parallel chains (`runs.sweep`)
               progress: bool = True,
              ) -> RTISweep:
     "Run (or load) IMP and its reinitialisation control for every setting and seed of `cfg`; one row per round."
     bad = [v for v in variants if v not in VARIANT_NAMES]
     if bad or not variants: raise ValueError(f"variants={list(variants)!r}: choose from {VARIANT_NAMES}")
-    net = cfg["networks"][cfg["model"]]
-    density = (1 - cfg["fraction"])**cfg["rounds"]
-    assert imp_rounds(density, cfg["fraction"]) == cfg["rounds"]
-    stats0, rows, chains, recipes = dict(STATS), [], {}, {}
+    assert imp_rounds((1 - cfg["fraction"])**cfg["rounds"], cfg["fraction"]) == cfg["rounds"]
     grid = [(setting(**s), seed) for s in settings for seed in cfg["seeds"]]
-    bar = tqdm(grid, desc="rti sweep", unit="setting", disable=not progress)
-    for s, seed in bar:
-        label = setting_label(s); bar.set_postfix_str(label)
-        recipe = recipes[label] = sweep_recipe(cfg, s)
-        loss = Repulsion(s["lam_r"], only_last=s["only_last"]) if s["lam_r"] else None
-        spec = model_for(net["data"], net["model"], seed=seed, **net["options"])
-        run = dict(data=net["data"], density=density, recipe=recipe, fraction=cfg["fraction"], seed=seed, round_loss=loss, progress=False)
-        found = {"IMP": imp(spec, **run)}
-        if "reinit" in variants: found["reinit"] = imp({**spec, "seed": seed + REINIT_SEED}, masks_from=found["IMP"], **run)
+    stats0, rows, chains, recipes = dict(STATS), [], {}, {}
+    runs.sweep([dict(cfg=cfg, s=s, seed=seed, variants=list(variants)) for s, seed in grid], _rti_unit, executor,
+               workers=workers, desc="rti sweep", progress=progress)
+    swept = run_counts(stats0)
+    for s, seed in grid:                                     # every round is cached now: this loads the chains
+        label = setting_label(s)
+        recipes[label] = sweep_recipe(cfg, s)
+        found = _rti_chains(cfg, s, seed, variants)
         for v in variants:
             chains[(label, seed, v)] = found[v]
             rows.append(round_statistics(found[v]).assign(label=label, seed=seed, variant=v, **{k: s[k] for k in SETTING}))
     table = pd.concat(rows, ignore_index=True)
     table["method"], table["target"] = [method_name(r) for r in table.itertuples()], table.density
     cols = ["label", *SETTING, "seed", "variant", "method", "round", "density", "target", "kept", "pre_acc", "acc", "threshold", "cached"]
-    return RTISweep(table[cols], chains, recipes, run_counts(stats0))
+    return RTISweep(table[cols], chains, recipes, runs.gathered_counts(stats0, swept))
 
 def method_name(row) -> str:
     "How the figures name a (setting, variant): 'IMP', 'reinit + warm-up', 'repellent IMP', 'attractive reinit', ..."

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import hashlib
+import importlib
 import inspect
 import json
 import math
@@ -15,21 +16,25 @@ import os
 import re
 import shutil
 import socket
+import sys
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
+from tqdm import tqdm
 
 from .core import Timer, outputs_dir, provenance, save_json
 
 # %% auto #0
-__all__ = ['ENGINE_VERSION', 'STATS', 'KIND', 'CHECKPOINT', 'jsonable', 'canonical', 'run_hash', 'Result', 'Run', 'run_counts',
-           'runs_root', 'cached_run']
+__all__ = ['ENGINE_VERSION', 'STATS', 'KIND', 'CHECKPOINT', 'STALE_AFTER', 'LOCK_POLL', 'EXECUTORS', 'EXTRAS', 'jsonable',
+           'canonical', 'run_hash', 'Result', 'Run', 'run_counts', 'runs_root', 'cached_run', 'check_executor',
+           'cpu_cores', 'sweep', 'gathered_counts']
 
 # %% ../nbs/05_runs.ipynb #f59bcf1a
 ENGINE_VERSION = 1  # bump when masks/train/data change what a run computes: every cached run is then recomputed
@@ -116,25 +121,58 @@ def _alive(pid: int) -> bool:
     except PermissionError: return True
     return True
 
-def _lock(work: Path):
-    "Take the work folder's lock, or fail if another live process holds it; a dead holder's lock is taken over."
-    lock, me = work/"lock", f"{socket.gethostname()} {os.getpid()}"
-    if lock.exists():
-        host, _, pid = lock.read_text().partition(" ")
-        if host != socket.gethostname() or (pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid))):
+STALE_AFTER = 3600.0  # a lock from another host is stale once its work folder has not changed for this long (s)
+LOCK_POLL = 2.0       # seconds between looks at a run another process is computing
+
+def _holder(work: Path) -> str | None:
+    "'host pid' of the live process computing in `work`, or None if no one is (no lock, or its holder is gone)."
+    try: text = (work/"lock").read_text()
+    except FileNotFoundError: return None
+    host, _, pid = text.partition(" ")
+    if host == socket.gethostname():                 # this machine: ask the OS whether the holder still runs
+        return text if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)) else None
+    try: age = time.time() - max(p.stat().st_mtime for p in [work, *work.iterdir()])  # another host: is it still writing?
+    except FileNotFoundError: return text            # it is finishing right now
+    return text if age < STALE_AFTER else None
+
+def _lock(work: Path, wait: float | None = None) -> Path | None:
+    """Take the work folder's lock. While a live process holds it, wait (at most `wait` seconds; None: as long as it
+    runs), and return None if the run got finished meanwhile; a dead holder's lock is taken over."""
+    lock, me, t0, told = work/"lock", f"{socket.gethostname()} {os.getpid()}", time.monotonic(), False
+    while True:
+        if (work.with_suffix("")/"done").exists(): return None
+        holder = _holder(work) if work.exists() else None
+        if holder is None:
+            work.mkdir(parents=True, exist_ok=True)
+            lock.unlink(missing_ok=True)             # a dead holder's lock (or our own, from an earlier try)
+            try: fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError: continue         # another process took it between our look and now
+            with os.fdopen(fd, "w") as f: f.write(me)
+            return lock
+        host, _, pid = holder.partition(" ")
+        if wait is not None and time.monotonic() - t0 >= wait:
             raise RuntimeError(f"{work} is being computed by process {pid} on {host}; wait for it, or delete {lock} if that process is gone")
-    lock.write_text(me)
-    return lock
+        if not told: print(f"waiting for {work.name}: process {pid} on {host} is computing it", file=sys.stderr); told = True
+        time.sleep(LOCK_POLL)
 
 def _finish(work: Path, final: Path):
     if final.exists(): shutil.rmtree(final)          # a folder without `done` (copied in by hand, say) is not a run
     os.replace(work, final)
+
+def _follow(kind, key, config, fn, work, final) -> Run:
+    "Under torchrun, ranks other than 0 compute the run with rank 0 (`fit` is collective), store nothing, and wait for rank 0's folder."
+    work.mkdir(parents=True, exist_ok=True)
+    fn(dict(config), work)
+    while not (final/"done").exists(): time.sleep(0.1)
+    STATS["misses"] += 1
+    return Run(kind, key, final, cached=False)
 
 def cached_run(kind: str, # what the run is: "gem_miner", "imp", ... (a folder-name prefix)
                config: Mapping[str, Any], # everything that determines the result (JSON-able)
                fn: Callable[[dict, Path], Result | pd.DataFrame], # fn(config, workdir) computes the run
                version: int | None = None, # the algorithm's cache version (default: CACHE_VERSION of fn's module)
                root: str | Path | None = None, # default: outputs/runs
+               wait: float | None = None, # while another live process computes this run: seconds to wait for it (None: until it ends)
               ) -> Run:
     "The finished run of `kind` with `config`: loaded if it exists, else computed by `fn` and stored."
     if not isinstance(kind, str) or not KIND.match(kind):
@@ -148,12 +186,17 @@ def cached_run(kind: str, # what the run is: "gem_miner", "imp", ... (a folder-n
     if (final/"done").exists():
         STATS["hits"] += 1
         return Run(kind, key, final, cached=True)
+    from paper_repro.train import dist_info         # (train builds on this module)
+    if dist_info()[0] > 0 and not (work/"done").exists():
+        return _follow(kind, key, config, fn, work, final)
     if not (work/"done").exists():                   # else: killed between `done` and the rename; just finish
-        work.mkdir(parents=True, exist_ok=True)
-        lock = _lock(work)
+        lock = _lock(work, wait)
+        if lock is None:                             # another process finished it while we waited
+            STATS["hits"] += 1
+            return Run(kind, key, final, cached=True)
         with Timer() as t: out = fn(dict(config), work)
         if isinstance(out, pd.DataFrame): out = Result(history=out)
-        if not isinstance(out, Result): raise TypeError(f"{getattr(fn, '__name__', fn)} returned {type(out).__name__}; return a Result or a DataFrame")
+        if not all(hasattr(out, a) for a in ("history", "tensors", "info")): raise TypeError(f"{getattr(fn, '__name__', fn)} returned {type(out).__name__}; return a Result or a DataFrame")
         save_json(dict(kind=kind, key=key, config=config, version=version, engine_version=ENGINE_VERSION,
                        fn=f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', '?')}",
                        wall_time=t.elapsed, provenance=provenance()), work/"config.json")
@@ -165,3 +208,159 @@ def cached_run(kind: str, # what the run is: "gem_miner", "imp", ... (a folder-n
     _finish(work, final)
     STATS["misses"] += 1
     return Run(kind, key, final, cached=False)
+
+# %% ../nbs/05_runs.ipynb #efe325a1
+EXECUTORS = ("serial", "pool", "submitit", "ray")
+EXTRAS = {"submitit": "submitit", "ray": "ray"}  # executor -> the pip extra that installs it
+
+def _need(executor: str):
+    "Import the module behind `executor`, or say which extra installs it."
+    try: return importlib.import_module(EXTRAS[executor])
+    except ImportError as e:
+        raise ImportError(f"executor={executor!r} needs the {EXTRAS[executor]!r} package, which is not installed: "
+                          f"pip install -e '.[{EXTRAS[executor]}]' (or pip install {EXTRAS[executor]})") from e
+
+def check_executor(executor: str) -> str:
+    "`executor` if it is one of `EXECUTORS` (and its package is installed); else a clear error."
+    if executor not in EXECUTORS:
+        raise ValueError(f"executor={executor!r} is not known; use one of {', '.join(map(repr, EXECUTORS))}")
+    if executor in EXTRAS: _need(executor)
+    return executor
+
+def cpu_cores() -> int:
+    "CPU cores this process may use."
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+# %% ../nbs/05_runs.ipynb #aa313942
+def _call(payload: bytes, threads: int | None):
+    "Run one unit: `payload` is cloudpickle's (fn, config)."
+    import cloudpickle
+    fn, config = cloudpickle.loads(payload)
+    before, old = dict(STATS), torch.get_num_threads()
+    if threads: torch.set_num_threads(threads)
+    try: out = fn(config)
+    finally: torch.set_num_threads(old)
+    counts = run_counts(before)
+    STATS["hits"], STATS["misses"] = before.get("hits", 0), before.get("misses", 0)  # `sweep` adds them, wherever the unit ran
+    return out, counts
+
+def _pool_init(slots, gpus: list[str]):
+    "A pool worker's start: take a slot number; with GPUs, see only the slot's GPU."
+    slot = slots.get()
+    if gpus: os.environ["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
+
+def _gpus() -> list[str]:
+    "The GPUs this process may use, as CUDA_VISIBLE_DEVICES entries."
+    if not torch.cuda.is_available(): return []
+    seen = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return [g.strip() for g in seen.split(",") if g.strip()] if seen else [str(i) for i in range(torch.cuda.device_count())]
+
+# %% ../nbs/05_runs.ipynb #05f443f2
+class _Failed(Exception):
+    "Unit `index` raised (the cause is chained)."
+    def __init__(self, index: int): super().__init__(index); self.index = index
+
+def _serial(payloads, threads, workers, **opts):
+    if opts: raise TypeError(f"executor='serial' takes no options; got {sorted(opts)}")
+    for i, p in enumerate(payloads): yield i, _call(p, threads)
+
+def _pool(payloads, threads, workers, **opts):
+    import concurrent.futures as cf, multiprocessing as mp
+    if opts: raise TypeError(f"executor='pool' takes workers= and threads= only; got {sorted(opts)}")
+    ctx = mp.get_context("spawn")              # fork would copy this process's thread pools and CUDA state
+    slots = ctx.Queue()
+    for k in range(workers): slots.put(k)
+    ex = cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_pool_init, initargs=(slots, _gpus()))
+    try:
+        futures = {ex.submit(_call, p, threads): i for i, p in enumerate(payloads)}
+        for f in cf.as_completed(futures):
+            try: out = f.result()
+            except Exception as e: raise _Failed(futures[f]) from e
+            yield futures[f], out
+    except BaseException:
+        procs = list((getattr(ex, "_processes", None) or {}).values())
+        ex.shutdown(wait=False, cancel_futures=True)
+        for pr in procs: pr.terminate()        # a unit in flight is killed; its run resumes from its checkpoint
+        raise
+    ex.shutdown()
+
+def _submitit(payloads, threads, workers, folder=None, cluster=None, poll=None, **opts):
+    submitit = _need("submitit")
+    folder = Path(folder) if folder is not None else outputs_dir()/"submitit"/"%j"
+    ex = submitit.AutoExecutor(folder=folder, cluster=cluster)
+    if workers: opts.setdefault("slurm_array_parallelism", workers)
+    if opts: ex.update_parameters(**opts)
+    jobs = ex.map_array(_call, list(payloads), [threads]*len(payloads))
+    index = {id(j): i for i, j in enumerate(jobs)}
+    try:
+        for j in submitit.helpers.as_completed(jobs, poll_frequency=poll or (1 if ex.cluster != "slurm" else 10)):
+            try: out = j.result()
+            except Exception as e: raise _Failed(index[id(j)]) from e
+            yield index[id(j)], out
+    except BaseException:
+        for j in jobs:
+            if not j.done(): j.cancel(check=False)
+        raise
+
+def _ray(payloads, threads, workers, address=None, **opts):
+    ray = _need("ray")
+    if not ray.is_initialized(): ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    remote = ray.remote(_call).options(num_cpus=threads or 1, **opts)
+    refs = [remote.remote(p, threads) for p in payloads]
+    index, pending = {r: i for i, r in enumerate(refs)}, list(refs)
+    try:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            try: out = ray.get(done[0])
+            except Exception as e: raise _Failed(index[done[0]]) from e
+            yield index[done[0]], out
+    except BaseException:
+        for r in pending: ray.cancel(r)
+        raise
+
+_RUNNERS = dict(serial=_serial, pool=_pool, submitit=_submitit, ray=_ray)
+
+# %% ../nbs/05_runs.ipynb #85d2bf43
+def sweep(configs: Sequence[Any], # one per unit of work (picklable; usually a dict)
+          fn: Callable[[Any], Any], # fn(config) -> result; it stores its runs with `cached_run`
+          executor: str = "serial", # one of `EXECUTORS`
+          workers: int | None = None, # parallel units (pool: default one per GPU, else one per core; submitit: the array's parallelism)
+          threads: int | None = None, # torch CPU threads per unit (default: pool splits the cores between workers; others leave them)
+          desc: str = "sweep", # the progress bar's label
+          progress: bool = True, # a progress bar over the units
+          **opts, # submitit: `folder`, `cluster`, SLURM parameters (`timeout_min`, `slurm_partition`, ...); ray: `address`, task options
+         ) -> list:
+    "`[fn(c) for c in configs]`, computed by `executor`; the units' cache use is added to `STATS`."
+    import cloudpickle
+    check_executor(executor)
+    configs = list(configs)
+    for name, v in (("workers", workers), ("threads", threads)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1): raise ValueError(f"{name}={v!r}: use a positive integer")
+    if not configs: return []
+    if executor == "pool":
+        workers = min(workers or len(_gpus()) or cpu_cores(), len(configs))
+        threads = threads or max(1, cpu_cores()//workers)
+    payloads = []
+    for c in configs:
+        try: payloads.append(cloudpickle.dumps((fn, c)))
+        except Exception as e: raise TypeError(f"sweep: cannot send {getattr(fn, '__name__', fn)} with config {c!r:.200} to a worker: {e}") from e
+    results, finished = [None]*len(configs), 0
+    with tqdm(total=len(configs), desc=f"{desc} ({executor})", unit="unit", disable=not progress) as bar:
+        try:
+            for i, (out, counts) in _RUNNERS[executor](payloads, threads, workers, **opts):
+                results[i], finished = out, finished + 1
+                STATS["hits"] += counts["loaded"]; STATS["misses"] += counts["computed"]
+                bar.update()
+        except _Failed as f:
+            cause = f.__cause__
+            if executor == "serial": raise cause.with_traceback(cause.__traceback__) from None   # as if called directly
+            raise RuntimeError(f"sweep ({executor}): the unit {configs[f.index]!r:.300} failed after {finished} of {len(configs)} "
+                               f"units finished (their runs are cached: rerun to resume): {type(cause).__name__}: {cause}") from cause
+    return results
+
+def gathered_counts(before: Mapping[str, int], # `STATS` before the sweep
+                    swept: Mapping[str, int], # `run_counts(before)` right after it
+                   ) -> dict[str, int]:
+    """The cache use of a sweep and then its gather (the serial loop that reads every run back): the runs the sweep
+    loaded or computed, plus any the gather computed (none, when the units cover the gather)."""
+    return dict(loaded=swept["loaded"], computed=run_counts(before)["computed"])

@@ -18,6 +18,7 @@ from .masks import Mask, keep_count, masked_layers, top_count
 from .models import as_generator
 from .core import PRESETS
 from .plots import COLORS, MARKERS
+from . import runs
 from .runs import STATS, run_counts
 from .train import Recipe, Ticket, evaluate, finetune, last_value, model_for
 
@@ -215,11 +216,23 @@ class LTHSweep:
         "The table's rows of one network."
         return self.table[self.table.network == name]
 
+def _lth_network(cfg: Mapping, name: str, lr: float, variants: Sequence[str], densities: str | Sequence[float]):
+    "`lottery_sanity` of one network at one learning rate."
+    net = cfg["networks"][name]
+    ds = net[densities] if isinstance(densities, str) else list(densities)
+    spec = model_for(cfg["data"], net["model"], seed=cfg["seed"], **net["options"])
+    return lottery_sanity(spec, cfg["data"], ds, Recipe(**net["recipe"]).replace(lr=lr), variants=variants, rewind_epoch=cfg["rewind_epoch"],
+                          rr_seed=cfg["rr_seed"], seed=cfg["seed"], exclude=net["exclude"], progress=False)
+
+def _lth_unit(u: dict): _lth_network(**u)
+
 def lth_sweep(cfg: Mapping, # a filled LTH preset
               variants: Sequence[str] = ("LT-IMP", "RR-IMP", "LT-OMP", "RR-OMP"), # from imp.VARIANTS
               densities: str | Sequence[float] = "levels", # "levels", "focus", or densities
               models: str | Sequence[str] | None = None, # default: cfg["models"]
               lrs: float | Sequence[float] | None = None, # default: cfg["lrs"]
+              executor: str = "serial", # where the runs are computed (`runs.EXECUTORS`)
+              workers: int | None = None, # parallel (network, learning rate) units (`runs.sweep`)
               progress: bool = True,
              ) -> LTHSweep:
     "Run (or load) LT/RR × IMP/OMP, WR and SD for each network and learning rate of the preset; tables and R_p."
@@ -231,15 +244,11 @@ def lth_sweep(cfg: Mapping, # a filled LTH preset
         raise ValueError(f"densities={densities!r}: use 'levels', 'focus' or a list of densities")
     stats0, tables, corr = dict(STATS), [], []
     grid = [(n, lr) for n in names for lr in lrs]
-    bar = tqdm(grid, desc="lth sweep", unit="run", disable=not progress)
-    for name, lr in bar:
-        bar.set_postfix_str(f"{name} lr {lr:g}")
-        net = cfg["networks"][name]
-        ds = net[densities] if isinstance(densities, str) else list(densities)
-        spec = model_for(cfg["data"], net["model"], seed=cfg["seed"], **net["options"])
-        recipe = Recipe(**net["recipe"]).replace(lr=lr)
-        ls = lottery_sanity(spec, cfg["data"], ds, recipe, variants=variants, rewind_epoch=cfg["rewind_epoch"], rr_seed=cfg["rr_seed"],
-                            seed=cfg["seed"], exclude=net["exclude"], progress=False)
+    runs.sweep([dict(cfg=cfg, name=n, lr=lr, variants=list(variants), densities=densities) for n, lr in grid], _lth_unit, executor,
+               workers=workers, desc="lth sweep", progress=progress)
+    swept = run_counts(stats0)
+    for name, lr in grid:                                    # every run is cached now: this loads them
+        ls = _lth_network(cfg, name, lr, variants, densities)
         tables.append(ls.table.assign(network=name, lr=lr))
         for (variant, level), (start, trained, mask) in ls.weights.items():
             for p in cfg["ps"]:
@@ -248,8 +257,7 @@ def lth_sweep(cfg: Mapping, # a filled LTH preset
     table = pd.concat(tables, ignore_index=True)
     table["method"], table["target"] = table.variant, table.nominal
     cols = ["network", "lr", "variant"] + [c for c in table.columns if c not in ("network", "lr", "variant")]
-    cache = run_counts(stats0)
-    return LTHSweep(table[cols], pd.DataFrame(corr), cache)
+    return LTHSweep(table[cols], pd.DataFrame(corr), runs.gathered_counts(stats0, swept))
 
 # %% ../nbs/16_sanity.ipynb #98495cb6
 LTH_FIGURES = {"sanity_figA1": {}, "sanity_figD": dict(tolerance=0.01, gap=0.01, min_sparsity=0.5),

@@ -5,6 +5,7 @@
 # %% ../nbs/04_train.ipynb #7ea249d1
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import json
 import math
@@ -15,6 +16,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import pandas as pd
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
@@ -28,7 +30,7 @@ from .runs import Result, Run, cached_run
 # %% auto #0
 __all__ = ['OPTIMIZERS', 'TRAINS', 'SCHEDULES', 'HISTORY_COLUMNS', 'RECIPES', 'Recipe', 'lr_at', 'MaskedSGD', 'MaskedAdam',
            'make_optimizer', 'evaluate', 'FitState', 'Callback', 'Snapshot', 'train_step', 'as_recipe', 'last_value',
-           'fit_seconds', 'fit', 'get_recipe', 'model_for', 'check_model', 'Ticket', 'finetune']
+           'fit_seconds', 'fit', 'dist_info', 'is_main', 'get_recipe', 'model_for', 'check_model', 'Ticket', 'finetune']
 
 # %% ../nbs/04_train.ipynb #2a9361cb
 OPTIMIZERS = ("sgd", "adam")
@@ -296,6 +298,12 @@ def _terms(extra_loss) -> dict[str, Callable[[nn.Module], torch.Tensor]]:
     if isinstance(extra_loss, Mapping) and all(callable(f) for f in extra_loss.values()): return dict(extra_loss)
     raise ValueError(f"extra_loss={extra_loss!r}: use a function model -> scalar tensor, or a dict of name -> such function")
 
+def _precision(model: nn.Module, amp: bool) -> tuple[str, torch.dtype, torch.amp.GradScaler | None]:
+    "(device type, autocast dtype, gradient scaler or None) of a step on `model`."
+    dev = next(model.parameters()).device.type
+    half = torch.bfloat16 if dev != "cuda" or torch.cuda.is_bf16_supported() else torch.float16
+    return dev, half, torch.amp.GradScaler("cuda") if amp and half == torch.float16 else None
+
 def train_step(model: nn.Module, # the model to train
                optimizer: torch.optim.Optimizer, # e.g. from `make_optimizer`
                extra_loss=None, # f(model) -> scalar tensor, or {name: f}
@@ -303,9 +311,7 @@ def train_step(model: nn.Module, # the model to train
               ) -> Callable:
     "A function (x, y) -> (task loss, correct count, extra terms), all detached, that takes one training step."
     terms = _terms(extra_loss)
-    dev = next(model.parameters()).device.type
-    half = torch.bfloat16 if dev != "cuda" or torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda") if amp and half == torch.float16 else None
+    dev, half, scaler = _precision(model, amp)
     def step(x, y):
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(dev, dtype=half, enabled=amp):
@@ -379,6 +385,8 @@ def fit(model: nn.Module, # trained in place
        ) -> pd.DataFrame:
     "Train `model` by `recipe` on `data` (under `mask`); return the long-format history."
     recipe, splits, dev = as_recipe(recipe), _splits(data), get_device(device)
+    rank, world = dist_info()
+    if world > 1: dev = _join(dev, recipe.batch_size)
     seed_everything(seed)
     if mask is not None:
         if _score_params(model): raise ValueError("mask= sets a fixed mask, but this model learns its mask from scores; "
@@ -387,13 +395,14 @@ def fit(model: nn.Module, # trained in place
     cuda = dev.type == "cuda"
     amp = cuda if amp is None else amp
     model.to(dev)
+    if world > 1: _broadcast_state(model)
     if cuda: model.to(memory_format=torch.channels_last)
     opt = make_optimizer(model, recipe)
     keep_masks(opt, model)   # projects round-rule scores; the fixed masks are in the optimizer's update
-    step = train_step(model, opt, extra_loss, amp)
+    step = train_step(model, opt, extra_loss, amp) if world == 1 else _shard_step(model, opt, extra_loss, amp, rank, world)
     names = list(_terms(extra_loss))
     loader = TensorLoader(splits["train"], recipe.batch_size, crop=recipe.crop, flip=recipe.flip, seed=seed, device=dev, channels_last=cuda)
-    evals = {k: TensorLoader(v, 1000, shuffle=False, device=dev, channels_last=cuda) for k, v in splits.items() if k != "train"}
+    evals = {k: TensorLoader(_part(v, rank, world), 1000, shuffle=False, device=dev, channels_last=cuda) for k, v in splits.items() if k != "train"}
     cbs = [c if isinstance(c, Callback) else _EpochEnd(c) for c in callbacks]
     on_step = [c for c in cbs if type(c).on_step is not Callback.on_step]
     state, rows, elapsed = FitState(model, opt, recipe, len(loader)), [], 0.0
@@ -402,7 +411,7 @@ def fit(model: nn.Module, # trained in place
     else:
         for c in cbs: c.on_fit_start(state)
     timer = Timer()
-    with tqdm(total=recipe.epochs*len(loader), initial=state.iteration, disable=not progress, mininterval=1.0,
+    with tqdm(total=recipe.epochs*len(loader), initial=state.iteration, disable=not progress or rank != 0, mininterval=1.0,
               desc=f"fit {recipe.optimizer} lr={recipe.lr:g}", unit="it", leave=True) as bar:
         for epoch in range(state.epoch, state.epoch if state.stop else recipe.epochs):  # a stopped run is finished
             model.train()
@@ -417,18 +426,116 @@ def fit(model: nn.Module, # trained in place
                 for c in on_step: c.on_step(state)
                 bar.update()
             state.epoch, state.logged = epoch + 1, []
+            if world > 1: dist.all_reduce(sums); _average_batchnorm(model, world)
             for c in cbs: c.on_epoch_trained(state)
             means = (sums/n).tolist()
             results = {"train": dict(loss=means[0], acc=means[1], **dict(zip(names, means[2:])))}
-            for k, ld in evals.items(): results[k] = evaluate(model, ld)
+            for k, ld in evals.items(): results[k] = evaluate(model, ld) if world == 1 else _evaluate_parts(model, ld)
             for c in cbs: c.on_epoch_end(state)
+            if world > 1: state.stop = _any(state.stop, dev)
             now, dens = elapsed + timer.elapsed, get_mask(model).density
             values = [(k, m, float(v)) for k, r in results.items() for m, v in r.items()] + state.logged
             rows += [dict(epoch=state.epoch, split=k, metric=m, value=v, density=dens, lr=lr, time=now) for k, m, v in values]
             bar.set_postfix({f"{k} acc": f"{r['acc']:.3f}" for k, r in results.items()})
-            if path is not None: _save_checkpoint(path, state, rows, cbs, key, now)
+            if path is not None and rank == 0: _save_checkpoint(path, state, rows, cbs, key, now)
             if state.stop: break
     return pd.DataFrame(rows, columns=HISTORY_COLUMNS)
+
+# %% ../nbs/04_train.ipynb #2b950788
+def dist_info() -> tuple[int, int]:
+    "(rank, world size) of this process: torch.distributed's, else torchrun's environment's, else (0, 1)."
+    if dist.is_available() and dist.is_initialized(): return dist.get_rank(), dist.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+def is_main() -> bool:
+    "Whether this is rank 0, the process that shows progress and writes files."
+    return dist_info()[0] == 0
+
+# %% ../nbs/04_train.ipynb #c782aaab
+def _join(dev: torch.device, batch_size: int) -> torch.device:
+    "This process's device among several (cuda:LOCAL_RANK on CUDA), in torchrun's process group (initialised if needed)."
+    world = dist_info()[1]
+    if batch_size % world:
+        raise ValueError(f"batch_size={batch_size} is the global batch, shared by {world} processes: use a multiple of {world}")
+    if dev.type not in ("cpu", "cuda"): raise ValueError(f"device={str(dev)!r}: data-parallel fit runs on 'cpu' (gloo) or 'cuda' (nccl)")
+    if dev.type == "cuda" and dev.index is None: dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", torch.cuda.current_device())))
+    if not (dist.is_available() and dist.is_initialized()):
+        missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+        if missing or not dist.is_available():
+            raise RuntimeError(f"WORLD_SIZE={world} but {', '.join(missing) or 'torch.distributed'} is missing: start with "
+                               f"`torchrun --nproc_per_node {world} ...`, or call torch.distributed.init_process_group first")
+        if dev.type == "cuda": torch.cuda.set_device(dev)
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
+    return dev
+
+def _bounds(n: int, rank: int, world: int) -> tuple[int, int]:
+    "Process `rank`'s contiguous part [lo, hi) of n items (sizes differ by at most one)."
+    return rank*n//world, (rank + 1)*n//world
+
+def _part(split: DataSplit, rank: int, world: int) -> DataSplit:
+    "Process `rank`'s part of `split` (the split itself in one process)."
+    if world == 1: return split
+    lo, hi = _bounds(len(split), rank, world)
+    return dataclasses.replace(split, x=split.x[lo:hi], y=split.y[lo:hi], indices=split.indices[lo:hi])
+
+# %% ../nbs/04_train.ipynb #792fd7d9
+def _average_grads(params: Sequence[torch.Tensor], world: int):
+    "Each gradient becomes its mean over the processes (one all-reduce of them all, flattened)."
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads: return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat.div_(world)
+    for g, v in zip(grads, flat.split([g.numel() for g in grads])): g.copy_(v.view_as(g))
+
+def _shard_step(model: nn.Module, optimizer: torch.optim.Optimizer, extra_loss=None, amp: bool = False,
+                rank: int = 0, world: int = 1) -> Callable:
+    "`train_step` for process `rank` of `world`: (global batch x, y) -> this process's share of (loss, correct, extra terms)."
+    terms = _terms(extra_loss)
+    dev, half, scaler = _precision(model, amp)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    def step(x, y):
+        B = len(y)
+        lo, hi = _bounds(B, rank, world)
+        x, y = x[lo:hi], y[lo:hi]
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(dev, dtype=half, enabled=amp):
+            out = model(x)
+            task = F.cross_entropy(out.float(), y, reduction="sum")/B   # this part's share of the batch mean
+            extras = [f(model) for f in terms.values()]
+            loss = world*task + sum(extras)
+        (loss if scaler is None else scaler.scale(loss)).backward()
+        _average_grads(params, world)
+        if scaler is None: optimizer.step()
+        else: scaler.step(optimizer); scaler.update()
+        return task.detach(), (out.argmax(1) == y).sum(), [e.detach()*(len(y)/B) for e in extras]
+    return step
+
+# %% ../nbs/04_train.ipynb #bffef3a0
+def _broadcast_state(model: nn.Module):
+    "Rank 0's weights, masks and buffers on every process (as DistributedDataParallel starts)."
+    for t in model.state_dict().values(): dist.broadcast(t, 0)
+
+def _average_batchnorm(model: nn.Module, world: int):
+    "Average BatchNorm's running statistics over the processes (each saw only its parts of the batches)."
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+            for b in (m.running_mean, m.running_var): dist.all_reduce(b); b.div_(world)
+
+def _evaluate_parts(model: nn.Module, loader: TensorLoader) -> dict[str, float]:
+    "`evaluate` on this process's part of a split, summed over the processes: the whole split's loss and accuracy."
+    n = len(loader.y)
+    r = evaluate(model, loader) if n else dict(loss=0.0, acc=0.0)
+    t = torch.tensor([r["loss"]*n, round(r["acc"]*n), n], dtype=torch.float64, device=loader.device)
+    dist.all_reduce(t)
+    return dict(loss=(t[0]/t[2]).item(), acc=(t[1]/t[2]).item())
+
+def _any(flag: bool, device: torch.device) -> bool:
+    "Whether `flag` is set on any process."
+    t = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(t, dist.ReduceOp.MAX)
+    return bool(t.item())
 
 # %% ../nbs/04_train.ipynb #cd3ab009
 RECIPES: dict[str, Recipe] = {

@@ -107,9 +107,12 @@ def test_fill_preset_and_watch_parameters_catch_typos():
     ns = {}
     params = watch_parameters(ns)
     ns.update(preset="paper", lam=1.5e-5, epochs=None)          # the parameters cell, then papermill's -p lam 1.5e-5
-    assert fill_preset(table, **params.given()) == dict(preset="paper", lam=1.5e-5, epochs=160)
+    assert fill_preset(table, **params.given()) == dict(preset="paper", executor="serial", workers=None, lam=1.5e-5, epochs=160)
     ns["lamda"] = 2e-5                                          # papermill -p lamda 2e-5
-    with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['lamda'\]; this notebook's parameters are \['epochs', 'lam'\]"):
+    with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['lamda'\]; this notebook's parameters are \['epochs', 'executor', 'lam', 'workers'\]"):
+        fill_preset(table, **params.given())
+    del ns["lamda"]; ns["executor"] = "dask"                    # papermill -p executor dask
+    with pytest.raises(ValueError, match=r"executor='dask' is not known; use one of 'serial', 'pool', 'submitit', 'ray'"):
         fill_preset(table, **params.given())
 
 

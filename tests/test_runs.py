@@ -2,6 +2,7 @@
 import os
 import socket
 import sys
+import time
 import types
 from collections import Counter
 
@@ -140,10 +141,13 @@ def test_lock(tmp_path):
     work = tmp_path / "k.partial"; work.mkdir()
     (work / "lock").write_text(f"{socket.gethostname()} 1")                # pid 1 is alive
     with pytest.raises(RuntimeError, match="being computed by process 1"):
-        runs._lock(work)
-    (work / "lock").write_text("some-other-host 123")
+        runs._lock(work, wait=0)
+    (work / "lock").write_text("some-other-host 123")                  # another host, its folder changed just now
     with pytest.raises(RuntimeError, match="some-other-host"):
-        runs._lock(work)
+        runs._lock(work, wait=0)
+    old = time.time() - runs.STALE_AFTER - 10                           # ... and long ago: stale, taken over
+    for p in (work / "lock", work): os.utime(p, (old, old))
+    assert runs._lock(work, wait=0).read_text() == f"{socket.gethostname()} {os.getpid()}"
     (work / "lock").write_text(f"{socket.gethostname()} 999999999")        # a dead process's lock is taken over
     assert runs._lock(work).read_text() == f"{socket.gethostname()} {os.getpid()}"
 
