@@ -358,8 +358,10 @@ def asni_sweep(cfg: Mapping, # a filled ASNI preset
     if bad or not names: raise ValueError(f"rows={names!r}: this preset has {', '.join(map(repr, cfg['networks']))}")
     seeds = cfg["seeds"] if seeds is None else list(seeds)
     stats0, out, tables, curves = dict(STATS), {}, [], []
-    runs.sweep([dict(cfg=cfg, name=n, seeds=[s], variants=list(variants)) for n in names for s in seeds], _asni_unit, executor,
-               workers=workers, desc="asni sweep", progress=progress)
+    # The units: ASNI itself per row and seed first (every variant starts from its run), then each other variant alone.
+    for part, what in ((["A"], "asni sweep"), ([v for v in variants if v != "A"], "asni variants")):
+        runs.sweep([dict(cfg=cfg, name=n, seeds=[s], variants=[v]) for n in names for s in seeds for v in part], _asni_unit, executor,
+                   workers=workers, desc=what, progress=progress)
     swept = run_counts(stats0)
     for name in names:                                       # every run is cached now: this loads them
         vs = out[name] = _asni_row(cfg, name, seeds, variants)

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from .core import PRESETS, experiment_notebooks, outputs_dir, repo_root, resolve_preset
-from .runs import CHECKPOINT, runs_root
+from .runs import CHECKPOINT, _holder, check_executor, runs_root
 
 # %% auto #0
 __all__ = ['UsageError', 'nbs_dir', 'notebook_path', 'notebook_parameters', 'parse_value', 'parse_parameters', 'run_arguments',
@@ -139,6 +139,9 @@ def run_arguments(name: str, # the experiment notebook
         params = {"preset": preset, **params}
     allowed = ("auto", *PRESETS)
     if params.get("preset", "auto") not in allowed: raise UsageError(_known("preset", params["preset"], allowed))
+    if "executor" in params:
+        try: check_executor(params["executor"])
+        except (ValueError, ImportError) as e: raise UsageError(str(e)) from None
     return path, outputs_dir()/path.stem/f"{path.stem}.ipynb", params
 
 # %% ../nbs/06_cli.ipynb #6e823ce7
@@ -167,12 +170,6 @@ def written_files(name: str, # the experiment notebook
 # %% ../nbs/06_cli.ipynb #b34c0c4b
 _RUN_DIR = re.compile(r"^(?P<kind>[a-z0-9][a-z0-9_.-]*)-(?P<key>[0-9a-f]{16})(?P<partial>\.partial)?$")
 
-def _held(lock: Path) -> bool:
-    from paper_repro.runs import _alive
-    try: host, _, pid = lock.read_text().strip().partition(" ")
-    except OSError: return False
-    return host != socket.gethostname() or (pid.isdigit() and _alive(int(pid)))
-
 def scan_runs(root: str | Path | None = None, # the run cache (default: outputs/runs)
              ) -> pd.DataFrame:
     "One row per run folder: kind, key, done, running (a live lock), resumable (a checkpoint), bytes, path."
@@ -182,7 +179,7 @@ def scan_runs(root: str | Path | None = None, # the run cache (default: outputs/
         m = _RUN_DIR.match(d.name)
         if not m or not d.is_dir(): continue
         done = not m["partial"] and (d/"done").exists()
-        rows.append(dict(kind=m["kind"], key=m["key"], done=done, running=not done and (d/"lock").exists() and _held(d/"lock"),
+        rows.append(dict(kind=m["kind"], key=m["key"], done=done, running=not done and _holder(d) is not None,
                          resumable=not done and (d/CHECKPOINT).exists(),
                          bytes=sum(f.stat().st_size for f in d.rglob("*") if f.is_file()), path=d))
     return pd.DataFrame(rows, columns=["kind", "key", "done", "running", "resumable", "bytes", "path"])

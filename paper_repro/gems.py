@@ -288,9 +288,17 @@ def gems_sweep(cfg: Mapping, # a filled GEMS preset: data, networks, models, see
     targets = _select(cfg, models, densities)
     seeds = cfg["seeds"] if seeds is None else ([seeds] if isinstance(seeds, int) else list(seeds))
     grid = [(name, s, d) for name, ds in targets.items() for s in seeds for d in ds]
-    stats0, by_seed = dict(STATS), sorted(grid, key=lambda g: (g[0], g[2], g[1]))  # seeds adjacent: parallel points share no IMP chain
-    runs.sweep([dict(cfg=cfg, name=n, s=s, d=d, methods=methods, dense=dense) for n, s, d in by_seed], _gems_unit,
-               executor, workers=workers, desc="gems sweep", progress=progress)
+    # The units. IMP's rounds are shared by every density of a (network, seed, variant), so each IMP chain is one unit
+    # (to the sparsest target), started first, beside the points' other methods; the IMP tickets' finetuning at each
+    # density follows once the chains exist. (One unit per point would make parallel points wait on one chain.)
+    imps, rest = [m for m in methods if m.startswith("IMP")], [m for m in methods if not m.startswith("IMP")]
+    unit = lambda n, s, d, ms, dn: dict(cfg=cfg, name=n, s=s, d=d, methods=ms, dense=dn)
+    first = [unit(n, s, min(targets[n]), [m], False) for n in targets for s in seeds for m in imps]
+    first += [unit(n, s, d, rest, dense) for n, s, d in grid if rest or dense]
+    then = [unit(n, s, d, imps, False) for n, s, d in grid if imps]
+    stats0 = dict(STATS)
+    for part, what in ((first, "gems sweep"), (then, "IMP tickets")):
+        runs.sweep(part, _gems_unit, executor, workers=workers, desc=what, progress=progress)
     swept = run_counts(stats0)
     test, out = load_dataset(data, "test"), dict(rows=[], layers=[], curves=[], dense=[])
     for name, s, d in grid: _gems_point(cfg, name, s, d, methods, dense, out, test)   # every run is cached now: this loads them

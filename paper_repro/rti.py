@@ -275,7 +275,8 @@ def rti_sweep(cfg: Mapping, # a filled RTI preset (`check_rti`)
     assert imp_rounds((1 - cfg["fraction"])**cfg["rounds"], cfg["fraction"]) == cfg["rounds"]
     grid = [(setting(**s), seed) for s in settings for seed in cfg["seeds"]]
     stats0, rows, chains, recipes = dict(STATS), [], {}, {}
-    runs.sweep([dict(cfg=cfg, s=s, seed=seed, variants=list(variants)) for s, seed in grid], _rti_unit, executor,
+    by_cost = sorted(grid, key=lambda g: g[0]["batch_size"])    # longest first: the small batches take the most steps
+    runs.sweep([dict(cfg=cfg, s=s, seed=seed, variants=list(variants)) for s, seed in by_cost], _rti_unit, executor,
                workers=workers, desc="rti sweep", progress=progress)
     swept = run_counts(stats0)
     for s, seed in grid:                                     # every round is cached now: this loads the chains

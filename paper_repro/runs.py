@@ -32,9 +32,9 @@ from tqdm import tqdm
 from .core import Timer, outputs_dir, provenance, save_json
 
 # %% auto #0
-__all__ = ['ENGINE_VERSION', 'STATS', 'KIND', 'CHECKPOINT', 'STALE_AFTER', 'LOCK_POLL', 'EXECUTORS', 'EXTRAS', 'jsonable',
-           'canonical', 'run_hash', 'Result', 'Run', 'run_counts', 'runs_root', 'cached_run', 'check_executor',
-           'cpu_cores', 'sweep', 'gathered_counts']
+__all__ = ['ENGINE_VERSION', 'STATS', 'KIND', 'CHECKPOINT', 'STALE_AFTER', 'LOCK_POLL', 'EXECUTORS', 'EXTRAS', 'OPTIONS_ENV',
+           'jsonable', 'canonical', 'run_hash', 'Result', 'Run', 'run_counts', 'runs_root', 'cached_run',
+           'check_executor', 'executor_options', 'cpu_cores', 'sweep', 'gathered_counts']
 
 # %% ../nbs/05_runs.ipynb #f59bcf1a
 ENGINE_VERSION = 1  # bump when masks/train/data change what a run computes: every cached run is then recomputed
@@ -227,6 +227,17 @@ def check_executor(executor: str) -> str:
     if executor in EXTRAS: _need(executor)
     return executor
 
+OPTIONS_ENV = "PAPER_REPRO_EXECUTOR_OPTIONS"  # JSON: default options of the submitit and ray executors
+
+def executor_options(executor: str, given: Mapping[str, Any]) -> dict:
+    "`given` over the JSON object in $PAPER_REPRO_EXECUTOR_OPTIONS (submitit and ray only: the others take none)."
+    text = os.environ.get(OPTIONS_ENV, "").strip()
+    if executor not in EXTRAS or not text: return dict(given)
+    try: env = json.loads(text)
+    except json.JSONDecodeError as e: raise ValueError(f"${OPTIONS_ENV} is not JSON ({e}): give an object, e.g. '{{\"slurm_partition\": \"gpu\"}}'") from e
+    if not isinstance(env, dict): raise ValueError(f"${OPTIONS_ENV}={text!r}: give a JSON object of executor options")
+    return {**env, **given}
+
 def cpu_cores() -> int:
     "CPU cores this process may use."
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -333,6 +344,7 @@ def sweep(configs: Sequence[Any], # one per unit of work (picklable; usually a d
     "`[fn(c) for c in configs]`, computed by `executor`; the units' cache use is added to `STATS`."
     import cloudpickle
     check_executor(executor)
+    opts = executor_options(executor, opts)
     configs = list(configs)
     for name, v in (("workers", workers), ("threads", threads)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1): raise ValueError(f"{name}={v!r}: use a positive integer")

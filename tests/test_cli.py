@@ -78,6 +78,7 @@ def test_parameters_papermill_cannot_parse_are_still_parameters():
     (("run", "fig3", "-p", "seeds=[0,", "1]"), "neither JSON nor a Python literal (quote it for the shell", []),
     (("run", "fig3", "-p", "lamb", "1.5e-5"), "unknown parameter 'lamb'", ["density"]),
     (("run", "fig3", "--preset", "smoke", "-p", "preset=cpu"), "--preset or -p preset", []),
+    (("run", "fig4", "-p", "executor=slurm"), "executor='slurm' is not known", ["'serial', 'pool', 'submitit', 'ray'"]),
 ])
 def test_bad_input_exits_2_naming_the_known_ones(capsys, argv, message, known):
     code, out, err = cli(capsys, *argv)
@@ -115,9 +116,9 @@ def make_cache(root: Path):
     done2 = root / "imp-round-00000000000000ff"
     done2.mkdir()
     (done2 / "done").write_text("x")
-    live = root / "gem_miner-fedcba9876543210.partial"              # held by a live process (this one), resumable
+    live = root / "gem_miner-fedcba9876543210.partial"              # held by a live process, resumable
     live.mkdir()
-    (live / "lock").write_text(f"{socket.gethostname()} {os.getpid()}")
+    (live / "lock").write_text(f"{socket.gethostname()} 1")                 # pid 1 is alive
     (live / CHECKPOINT).write_bytes(b"0" * 500)
     dead = root / "imp-round-00000000000000aa.partial"              # killed: its process is gone
     dead.mkdir()
@@ -134,7 +135,7 @@ def test_status_counts_runs_by_kind(tmp_path):
     assert len(runs) == 5 and set(runs.kind) == {"gem_miner", "imp-round"}
     st = run_status(tmp_path)
     assert list(st.columns) == ["done", "partial", "running", "resumable", "bytes"]
-    lock = len(f"{socket.gethostname()} {os.getpid()}")
+    lock = len(f"{socket.gethostname()} 1")
     assert st.loc["gem_miner"].tolist() == [1, 1, 1, 1, len("2026-01-01\n") + 3000 + lock + 500]
     assert st.loc["imp-round"].tolist() == [1, 2, 0, 0, 1 + len(f"{socket.gethostname()} 999999999")]
     assert st.loc["total", ["done", "partial", "running", "resumable"]].tolist() == [2, 3, 1, 1]

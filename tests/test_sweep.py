@@ -94,10 +94,51 @@ def test_killed_sweep_recomputes_only_unfinished_runs(tmp_path):
     s0 = dict(STATS)
     again = sweep(units(root, n=6, sleep=1.0), train_unit, "serial", threads=1, progress=False)
     assert run_counts(s0) == dict(loaded=finished, computed=6 - finished)
+    print(f"killed with {finished} of 6 runs finished; the rerun loaded {finished} and computed {6 - finished}")
     fresh = sweep(units(tmp_path/"fresh", n=6, sleep=1.0), train_unit, "serial", threads=1, progress=False)
     assert again == fresh
     same_runs(root, tmp_path/"fresh", [k for k, _ in again])
     assert not list(root.glob("*.partial"))
+
+
+def imp_unit(c):
+    "One IMP chain (LeNet on the digits to 0.8⁶, 6 trained rounds of 1 epoch, each a cached run): its rounds' accuracies."
+    import paper_repro.imp as imp_mod
+    from paper_repro.imp import imp
+    from paper_repro.train import model_for
+    if c.get("slow") and not hasattr(imp_mod.fit, "slowed"):         # slow each round down, so a kill lands mid-chain
+        fit = imp_mod.fit
+        imp_mod.fit = lambda *a, **k: (time.sleep(c["slow"]), fit(*a, **k))[1]
+        imp_mod.fit.slowed = True
+    r = imp(model_for("digits", "lenet-300-100", seed=c["seed"]), "digits", 0.8**6,
+            dict(optimizer="sgd", lr=0.05, momentum=0.9, epochs=1, batch_size=64), seed=c["seed"], progress=False, root=c["root"])
+    return r.rounds.acc.tolist()
+
+
+def test_killed_imp_sweep_resumes_at_the_last_finished_round(tmp_path):
+    """Two IMP chains in a pool, killed once 4 of their 12 rounds are stored: the rerun loads exactly the stored
+    rounds, trains only the others (it resumes each chain after its last finished round), and ends as a fresh sweep."""
+    root = tmp_path/"runs"
+    script = textwrap.dedent(f"""
+        import sys; sys.path.insert(0, {str(ROOT/'tests')!r})
+        import test_sweep as t
+        from paper_repro.runs import sweep
+        sweep([dict(seed=s, root={str(root)!r}, slow=0.5) for s in (0, 1)], t.imp_unit, "pool", workers=2, threads=1, progress=False)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True, cwd=ROOT)
+    done = lambda: [p for p in root.glob("imp-round-*") if (p/"done").exists()] if root.exists() else []
+    t0 = time.time()
+    while len(done()) < 4 and proc.poll() is None and time.time() - t0 < 120: time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL); proc.wait()
+    finished = len(done())
+    s0 = dict(STATS)
+    again = sweep([dict(seed=s, root=str(root)) for s in (0, 1)], imp_unit, "serial", threads=1, progress=False)
+    total = sum(map(len, again))                                          # trained rounds of both chains
+    assert total == 12 and 4 <= finished < total, (finished, total)
+    assert run_counts(s0) == dict(loaded=finished, computed=total - finished)
+    print(f"IMP sweep killed with {finished} of {total} rounds stored; the rerun loaded {finished} and trained {total - finished}")
+    fresh = sweep([dict(seed=s, root=str(tmp_path/"fresh")) for s in (0, 1)], imp_unit, "serial", threads=1, progress=False)
+    assert again == fresh
 
 
 def test_second_process_waits_for_the_run(tmp_path):
