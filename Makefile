@@ -12,8 +12,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NB ?=
 ARGS ?=
-# Where make repro computes each notebook's grid of runs (runs.sweep): pool = one worker per core (or GPU).
-EXECUTOR ?= pool
+# Where make repro computes each notebook's grid of runs (runs.sweep). serial: in the notebook's process, all cores
+# on each run. EXECUTOR=pool on a machine with several GPUs (one worker per GPU). On a 2-core CPU the pool gains
+# nothing: a one-thread worker beside another is 1.8-2.3x slower per run than one process on both cores (measured).
+EXECUTOR ?= serial
 # Datasets `make data` guarantees (the tests read the real Fashion-MNIST).
 DATASETS ?= fashion-mnist
 OUTPUTS := $(or $(PAPER_REPRO_OUTPUTS),outputs)
@@ -29,7 +31,7 @@ help:
 	@echo "make test     create .venv if missing, get the data, check the library is in step with nbs/, run nbdev_test and pytest"
 	@echo "make repro    create .venv if missing, get the data, run every experiment notebook at preset auto into $(OUTPUTS)/"
 	@echo "              make repro NB=fig3 ARGS=\"-p lam 1.5e-5\"   one notebook, papermill arguments passed through"
-	@echo "              make repro EXECUTOR=serial                 runs in this process (default: pool, one worker per core or GPU)"
+	@echo "              make repro EXECUTOR=pool                   one worker per GPU (default: serial, each notebook's runs in its process)"
 	@echo "make export   after editing notebooks: nbdev_export + nbdev_clean (commit nbs/ and paper_repro/ together)"
 	@echo "make bench    benchmarks (bench/loader.py: TensorLoader vs DataLoader; bench/mask_overhead.py: masked vs dense step)"
 	@echo "experiment notebooks: $(EXPERIMENTS)"
