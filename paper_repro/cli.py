@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from .core import PRESETS, experiment_notebooks, outputs_dir, repo_root, resolve_preset
-from .runs import CHECKPOINT, _holder, check_executor, runs_root
+from .runs import CHECKPOINT, RUN_FOLDER, _holder, check_executor, runs_root
 
 # %% auto #0
 __all__ = ['UsageError', 'nbs_dir', 'notebook_path', 'notebook_parameters', 'parse_value', 'parse_parameters', 'run_arguments',
@@ -168,15 +168,13 @@ def written_files(name: str, # the experiment notebook
     return {d: sorted(f.name for f in d.iterdir()) for d in folders if d.is_dir()}
 
 # %% ../nbs/06_cli.ipynb #b34c0c4b
-_RUN_DIR = re.compile(r"^(?P<kind>[a-z0-9][a-z0-9_.-]*)-(?P<key>[0-9a-f]{16})(?P<partial>\.partial)?$")
-
 def scan_runs(root: str | Path | None = None, # the run cache (default: outputs/runs)
              ) -> pd.DataFrame:
     "One row per run folder: kind, key, done, running (a live lock), resumable (a checkpoint), bytes, path."
     root = runs_root(root)
     rows = []
     for d in sorted(root.iterdir()) if root.is_dir() else []:
-        m = _RUN_DIR.match(d.name)
+        m = RUN_FOLDER.match(d.name)
         if not m or not d.is_dir(): continue
         done = not m["partial"] and (d/"done").exists()
         rows.append(dict(kind=m["kind"], key=m["key"], done=done, running=not done and _holder(d) is not None,

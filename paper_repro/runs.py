@@ -32,8 +32,8 @@ from tqdm import tqdm
 from .core import Timer, outputs_dir, provenance, save_json
 
 # %% auto #0
-__all__ = ['ENGINE_VERSION', 'STATS', 'KIND', 'CHECKPOINT', 'STALE_AFTER', 'LOCK_POLL', 'EXECUTORS', 'EXTRAS', 'OPTIONS_ENV',
-           'jsonable', 'canonical', 'run_hash', 'Result', 'Run', 'run_counts', 'runs_root', 'cached_run',
+__all__ = ['ENGINE_VERSION', 'STATS', 'KIND', 'RUN_FOLDER', 'CHECKPOINT', 'STALE_AFTER', 'LOCK_POLL', 'EXECUTORS', 'EXTRAS',
+           'OPTIONS_ENV', 'jsonable', 'canonical', 'run_hash', 'Result', 'Run', 'run_counts', 'runs_root', 'cached_run',
            'check_executor', 'executor_options', 'cpu_cores', 'sweep', 'gathered_counts']
 
 # %% ../nbs/05_runs.ipynb #f59bcf1a
@@ -106,6 +106,7 @@ def run_counts(since: Mapping[str, int]) -> dict[str, int]:
     "Runs loaded and computed since `since`, a copy of `STATS` taken before (what a sweep reports as its cache use)."
     return dict(loaded=STATS["hits"] - since.get("hits", 0), computed=STATS["misses"] - since.get("misses", 0))
 KIND = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+RUN_FOLDER = re.compile(r"^(?P<kind>[a-z0-9][a-z0-9_.-]*)-(?P<key>[0-9a-f]{16})(?P<partial>\.partial)?$")  # `<kind>-<hash>[.partial]`
 CHECKPOINT = "checkpoint.pt"  # a run's resume checkpoint in its work folder; deleted when the run is done
 
 def runs_root(root: str | Path | None = None) -> Path:
@@ -243,10 +244,8 @@ def cpu_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 # %% ../nbs/05_runs.ipynb #aa313942
-def _call(payload: bytes, threads: int | None):
-    "Run one unit: `payload` is cloudpickle's (fn, config)."
-    import cloudpickle
-    fn, config = cloudpickle.loads(payload)
+def _call(fn: Callable, config: Any, threads: int | None):
+    "Run one unit."
     before, old = dict(STATS), torch.get_num_threads()
     if threads: torch.set_num_threads(threads)
     try: out = fn(config)
@@ -254,6 +253,11 @@ def _call(payload: bytes, threads: int | None):
     counts = run_counts(before)
     STATS["hits"], STATS["misses"] = before.get("hits", 0), before.get("misses", 0)  # `sweep` adds them, wherever the unit ran
     return out, counts
+
+def _call_sent(payload: bytes, threads: int | None):
+    "Run one unit sent to another process: `payload` is cloudpickle's (fn, config)."
+    import cloudpickle
+    return _call(*cloudpickle.loads(payload), threads)
 
 def _pool_init(slots, gpus: list[str]):
     "A pool worker's start: take a slot number; with GPUs, see only the slot's GPU."
@@ -271,9 +275,9 @@ class _Failed(Exception):
     "Unit `index` raised (the cause is chained)."
     def __init__(self, index: int): super().__init__(index); self.index = index
 
-def _serial(payloads, threads, workers, **opts):
+def _serial(units, threads, workers, **opts):
     if opts: raise TypeError(f"executor='serial' takes no options; got {sorted(opts)}")
-    for i, p in enumerate(payloads): yield i, _call(p, threads)
+    for i, (fn, c) in enumerate(units): yield i, _call(fn, c, threads)     # a failing unit raises its own error
 
 def _pool(payloads, threads, workers, **opts):
     import concurrent.futures as cf, multiprocessing as mp
@@ -283,7 +287,7 @@ def _pool(payloads, threads, workers, **opts):
     for k in range(workers): slots.put(k)
     ex = cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_pool_init, initargs=(slots, _gpus()))
     try:
-        futures = {ex.submit(_call, p, threads): i for i, p in enumerate(payloads)}
+        futures = {ex.submit(_call_sent, p, threads): i for i, p in enumerate(payloads)}
         for f in cf.as_completed(futures):
             try: out = f.result()
             except Exception as e: raise _Failed(futures[f]) from e
@@ -301,7 +305,7 @@ def _submitit(payloads, threads, workers, folder=None, cluster=None, poll=None, 
     ex = submitit.AutoExecutor(folder=folder, cluster=cluster)
     if workers: opts.setdefault("slurm_array_parallelism", workers)
     if opts: ex.update_parameters(**opts)
-    jobs = ex.map_array(_call, list(payloads), [threads]*len(payloads))
+    jobs = ex.map_array(_call_sent, list(payloads), [threads]*len(payloads))
     index = {id(j): i for i, j in enumerate(jobs)}
     try:
         for j in submitit.helpers.as_completed(jobs, poll_frequency=poll or (1 if ex.cluster != "slurm" else 10)):
@@ -316,7 +320,7 @@ def _submitit(payloads, threads, workers, folder=None, cluster=None, poll=None, 
 def _ray(payloads, threads, workers, address=None, **opts):
     ray = _need("ray")
     if not ray.is_initialized(): ray.init(address=address, include_dashboard=False, log_to_driver=False)
-    remote = ray.remote(_call).options(num_cpus=threads or 1, **opts)
+    remote = ray.remote(_call_sent).options(num_cpus=threads or 1, **opts)
     refs = [remote.remote(p, threads) for p in payloads]
     index, pending = {r: i for i, r in enumerate(refs)}, list(refs)
     try:
@@ -352,8 +356,8 @@ def sweep(configs: Sequence[Any], # one per unit of work (picklable; usually a d
     if executor == "pool":
         workers = min(workers or len(_gpus()) or cpu_cores(), len(configs))
         threads = threads or max(1, cpu_cores()//workers)
-    payloads = []
-    for c in configs:
+    payloads = [(fn, c) for c in configs] if executor == "serial" else []     # serial: nothing travels
+    for c in configs if executor != "serial" else ():
         try: payloads.append(cloudpickle.dumps((fn, c)))
         except Exception as e: raise TypeError(f"sweep: cannot send {getattr(fn, '__name__', fn)} with config {c!r:.200} to a worker: {e}") from e
     results, finished = [None]*len(configs), 0
@@ -365,7 +369,6 @@ def sweep(configs: Sequence[Any], # one per unit of work (picklable; usually a d
                 bar.update()
         except _Failed as f:
             cause = f.__cause__
-            if executor == "serial": raise cause.with_traceback(cause.__traceback__) from None   # as if called directly
             raise RuntimeError(f"sweep ({executor}): the unit {configs[f.index]!r:.300} failed after {finished} of {len(configs)} "
                                f"units finished (their runs are cached: rerun to resume): {type(cause).__name__}: {cause}") from cause
     return results
