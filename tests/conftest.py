@@ -1,14 +1,69 @@
-"""Shared pytest setup: the `slow` marker, the repository root, and Fashion-MNIST loaded once per session."""
+"""Shared pytest setup: markers, progress lines, the order files run in, Fashion-MNIST loaded once per process, and
+`Notebooks`, the one way tests execute experiment notebooks (papermill, as `make repro` does).
+
+`make test` runs this suite on both cores with pytest-xdist (`-n 2 --dist loadfile`): each test file runs whole on
+one worker process, so a module-scoped fixture (a trained run, a notebook's run cache) is computed once. Files
+marked `heavy` (they execute notebooks or start processes) are handed out first, so the two workers finish
+together instead of one of them ending on a long file alone."""
+import json
+import os
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")   # "gw0", "gw1", ... in a pytest-xdist worker; None otherwise
+_config = None
 
 
 def pytest_configure(config):
+    global _config
+    _config = config
     config.addinivalue_line("markers", "slow: longer than a few seconds; `make test` skips them, `make test-slow` runs them")
+    config.addinivalue_line("markers", "heavy: executes notebooks or starts processes; scheduled before the light files")
+    if WORKER:
+        # One process per core: two threads per process would make the workers wait on each other's cores
+        # (small networks on 2 busy cores are several times slower with 2 threads than with one).
+        torch.set_num_threads(1)
+
+
+def progress(line: str):
+    """Write one progress line to the terminal while a test runs, also from a pytest-xdist worker (whose stdout is
+    not the terminal: its stderr is, once pytest's capture is suspended)."""
+    capman = _config.pluginmanager.getplugin("capturemanager") if _config else None
+    text = f"{f'[{WORKER}] ' if WORKER else ''}{line}\n"
+    if capman is None:
+        sys.stderr.write(text); sys.stderr.flush(); return
+    with capman.global_and_fixture_disabled():
+        sys.stderr.write(text); sys.stderr.flush()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Heavy files first (stable otherwise). Every worker collects and sorts alike, so xdist sees one order."""
+    items.sort(key=lambda item: item.get_closest_marker("heavy") is None)
+
+
+_started: set[str] = set()
+
+
+def pytest_runtest_logstart(nodeid, location):
+    """Name each test file as it starts, so a long file is visible while it runs. (Under xdist the controller hears
+    of every worker's tests; the workers stay quiet here.)"""
+    if WORKER: return
+    file = nodeid.split("::")[0]
+    if file not in _started:
+        _started.add(file)
+        progress(f"▶ {file}")
+
+
+def pytest_runtest_logreport(report):
+    "Name each test that took 5 s or more, with its time."
+    if WORKER: return
+    if report.when == "call" and report.duration >= 5:
+        progress(f"  {report.duration:5.1f} s {report.nodeid}")
 
 
 @pytest.fixture(scope="session")
@@ -39,3 +94,45 @@ def tmp_outputs(tmp_path, monkeypatch):
     """A run cache (and outputs folder) of the test's own."""
     monkeypatch.setenv("PAPER_REPRO_OUTPUTS", str(tmp_path))
     return tmp_path
+
+
+class Notebooks:
+    """Experiment notebooks executed with papermill the way `make repro` executes them (kernel python3, cwd nbs/, IN_TEST
+    unset), all into one outputs folder `root`, so they share one run cache as a paper's notebooks do."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def run(self, nb: str, **parameters) -> dict:
+        "Execute nbs/<nb>.ipynb with `parameters`; return the provenance it wrote."
+        import papermill as pm
+        t0 = time.monotonic()
+        progress(f"  papermill {nb}" + "".join(f" -p {k} {v}" for k, v in parameters.items()))
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("PAPER_REPRO_OUTPUTS", str(self.root))
+            mp.delenv("IN_TEST", raising=False)
+            try:
+                pm.execute_notebook(str(ROOT / "nbs" / f"{nb}.ipynb"), str(self.root / f"{nb}.ipynb"), parameters=parameters,
+                                    kernel_name="python3", cwd=str(ROOT / "nbs"), progress_bar=False)
+            finally:
+                progress(f"  papermill {nb}: {time.monotonic() - t0:.1f} s")
+        return self.provenance(nb)
+
+    def out(self, nb: str) -> Path:
+        "The folder a smoke-preset notebook writes its figures and tables to."
+        return self.root / "smoke" / nb
+
+    def provenance(self, nb: str) -> dict:
+        return json.loads((self.out(nb) / "provenance.json").read_text())
+
+
+@pytest.fixture
+def notebooks(tmp_path) -> Notebooks:
+    "Notebooks with an outputs folder (and run cache) of the test's own."
+    return Notebooks(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def module_notebooks(tmp_path_factory, request) -> Notebooks:
+    "Notebooks with one outputs folder (and run cache) for the whole test module: a paper's notebooks share runs."
+    return Notebooks(tmp_path_factory.mktemp(Path(request.module.__file__).stem))

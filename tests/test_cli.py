@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from paper_repro.cli import UsageError, main, notebook_parameters, parse_parameters, parse_value, run_status, scan_runs
@@ -13,6 +14,7 @@ from paper_repro.core import experiment_notebooks
 from paper_repro.runs import CHECKPOINT
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.heavy   # runs notebooks and the console script
 SCRIPT = Path(sys.executable).parent / "paper-repro"
 
 
@@ -155,7 +157,8 @@ def test_status_command(capsys, tmp_path, monkeypatch):
 
 
 def test_run_fig3_smoke_one_lam(tmp_path):
-    """The acceptance command, through the installed script, from outside the checkout (~10 s here)."""
+    """The acceptance command, through the installed script, from outside the checkout (~10 s here). `-p lam 1.5e-5`
+    is the README's command: at any preset it runs GEM-MINER(1.5e-5) to the paper's 1.4%, and Edge-Popup to the same."""
     r = paper_repro("run", "fig3", "--preset", "smoke", "-p", "lam=1.5e-5", outputs=tmp_path, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     executed = tmp_path / "fig3" / "fig3.ipynb"                      # where `make repro NB=fig3` puts it
@@ -166,6 +169,10 @@ def test_run_fig3_smoke_one_lam(tmp_path):
     out = tmp_path / "smoke" / "fig3"
     assert (out / "fig3.png").stat().st_size > 1000 and (out / "fig3.pdf").read_bytes()[:5] == b"%PDF-"
     assert json.loads((out / "provenance.json").read_text())["preset"] == "smoke"
+    summary = pd.read_csv(out / "summary.csv").set_index("method")
+    assert summary.loc["GM", "lam"] == 1.5e-5 and summary.loc["GM", "target"] == 0.014
+    assert abs(summary.loc["GM", "density"] - 0.014) < 1e-4
+    assert summary.loc["EP", "density"] == pytest.approx(summary.loc["GM", "density"], abs=1e-4)
     assert "fig3 took" in r.stdout and "wrote fig3/: fig3.ipynb" in r.stdout and "fig3.png" in r.stdout
     assert "Executing Cell" in r.stdout + r.stderr                   # --log-output, as make repro
     st = paper_repro("status", outputs=tmp_path, cwd=tmp_path)        # the runs it computed are in the cache
@@ -175,13 +182,21 @@ def test_run_fig3_smoke_one_lam(tmp_path):
 
 
 def test_run_data_overview_smoke(tmp_path):
-    """From the checkout, with the notebook's path and papermill's `-p name value` form."""
+    """From the checkout, with the notebook's path and papermill's `-p name value` form; the notebook writes its
+    figures, provenance, claims and the split sizes."""
     r = paper_repro("run", "nbs/data_overview.ipynb", "-p", "preset=smoke", "-p", "samples_per_class", "2",
                     outputs=tmp_path, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
     assert (tmp_path / "data_overview" / "data_overview.ipynb").exists()
-    prov = json.loads((tmp_path / "smoke" / "data_overview" / "provenance.json").read_text())
-    assert prov["samples_per_class"] == 2 and prov["preset"] == "smoke"
+    out = tmp_path / "smoke" / "data_overview"
+    for f in ("samples", "augmented", "class_balance"):
+        assert (out / f"{f}.png").stat().st_size > 1000 and (out / f"{f}.pdf").read_bytes()[:5] == b"%PDF-"
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["samples_per_class"] == 2 and prov["preset"] == "smoke" and prov["dataset"] == "fashion-mnist"
+    claims = pd.read_csv(out / "claims.csv")
+    assert list(claims.columns) == ["claim", "measured", "condition", "holds"] and claims.holds.all()
+    sizes = pd.read_parquet(out / "results.parquet").query("metric == 'size'").set_index("split").value
+    assert sizes.to_dict() == {"train": 60000.0, "fit": 55000.0, "val": 5000.0, "test": 10000.0}
 
 
 def test_a_failing_notebook_exits_1_with_its_error(tmp_path):

@@ -19,7 +19,7 @@ from paper_repro.masks import Mask, masked_layers, random_mask, to_masked
 from paper_repro.models import get_model, same_state
 from paper_repro.train import dist_info, fit, get_recipe, is_main
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.heavy]   # starts processes
 
 N_TRAIN = 613  # 9 global batches of 64 and one of 37, which splits 18/19 over two processes
 RECIPE = get_recipe("cpu", epochs=1, batch_size=64, lr=0.1)  # SGD, Nesterov momentum 0.9, weight decay, cosine

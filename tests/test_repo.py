@@ -102,6 +102,28 @@ def test_ci_runs_make_test():
     assert "unexport IN_TEST" in mk
 
 
+def test_make_test_caps_are_twice_the_budgets():
+    """The [ci] budgets on the 2-core machine: nbdev_test <= 5 min, pytest <= 6 min; the Makefile's caps are at least
+    twice each, so machine noise cannot fail CI while a hang still ends."""
+    mk = (ROOT / "Makefile").read_text()
+    cap = lambda name: int(re.search(rf"^{name} \?= (\d+)$", mk, re.M).group(1))
+    assert cap("NBTEST_CAP") >= 2 * 300 and cap("PYTEST_CAP") >= 2 * 360
+    assert "timeout $(NBTEST_CAP) $(BIN)/nbdev_test" in mk
+    assert "timeout $(PYTEST_CAP) $(BIN)/python -m pytest" in mk
+
+
+def test_nbtest_skips_exactly_the_experiment_notebooks():
+    """`make nbtest` leaves the experiment notebooks to pytest (each executed once, under papermill) and executes
+    every library notebook: its skip pattern, as make expands it, splits nbs/ exactly so."""
+    from paper_repro.core import experiment_notebooks
+    cmd = subprocess.run(["make", "-s", "-n", "nbtest"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    pattern = re.search(r"--skip_file_re '([^']+)'", cmd).group(1)
+    names = [p.name for p in NBS.glob("*.ipynb")]
+    skipped = {n.removesuffix(".ipynb") for n in names if re.search(pattern, n)}
+    assert skipped == set(experiment_notebooks(NBS))
+    assert {n for n in names if not re.search(pattern, n)} >= {"00_core.ipynb", "04_train.ipynb", "index.ipynb"}
+
+
 def test_reference_outputs_are_small():
     ref = ROOT / "outputs" / "reference"
     for d in [p for p in ref.iterdir() if p.is_dir()] if ref.exists() else []:

@@ -18,6 +18,7 @@ from paper_repro.models import same_state
 from paper_repro.runs import STATS, Result, cached_run, run_counts, sweep
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.heavy   # starts processes
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test module: send it by value
 
 

@@ -1,0 +1,37 @@
+"""ASNI notebooks under papermill: asni_table2 computes D, A, C and S once (the module's `asni` fixture); the figures
+share its run cache, as they do in `make repro`."""
+import pandas as pd
+import pytest
+
+pytestmark = pytest.mark.heavy
+
+
+@pytest.fixture(scope="module")
+def asni(module_notebooks):
+    "asni_table2 at smoke in the module's run cache, and the provenance it reported."
+    return module_notebooks, module_notebooks.run("asni_table2", preset="smoke")
+
+
+def test_asni_notebooks_share_the_table_runs(asni):
+    """asni_table2 computes D, A, C and S (4 runs); asni_fig2, fig3 and fig4 then train nothing, and the numbers they
+    show are the table's. A papermill parameter (gamma) reaches the runs: fig2 with another gamma computes its own."""
+    nbs, first = asni
+    assert first["runs_computed"] == 4
+    for nb in ("asni_fig2", "asni_fig3", "asni_fig4"):
+        p = nbs.run(nb, preset="smoke")
+        assert p["runs_computed"] == 0 and p["runs_loaded"] > 0, (nb, p)
+        out = nbs.out(nb)
+        assert (out / f"{nb}.png").stat().st_size > 1000 and (out / f"{nb}.pdf").read_bytes()[:5] == b"%PDF-"
+        claims = pd.read_csv(out / "claims.csv")
+        assert {"claim", "measured", "condition", "holds"} <= set(claims.columns) and len(claims) >= 3, nb
+    table = pd.read_parquet(nbs.out("asni_table2") / "results.parquet")
+    curves = pd.read_parquet(nbs.out("asni_fig2") / "results.parquet")
+    last = curves[curves.epoch == curves.epoch.max()].set_index("variant").value.sort_index()
+    pd.testing.assert_series_equal(last, table.set_index("variant").acc.sort_index(), check_names=False)
+    layers = pd.read_parquet(nbs.out("asni_fig4") / "results.parquet")
+    a = table[table.variant == "A"].iloc[0]
+    assert layers.kept.sum() / layers["size"].sum() == pytest.approx(a.density)
+    t2 = pd.read_csv(nbs.out("asni_table2") / "table2.csv")
+    assert t2.gamma[0] == 1 and t2.alpha[0] == 80
+    p = nbs.run("asni_fig2", preset="smoke", gamma=2.0)
+    assert p["gamma"] == 2.0 and p["runs_computed"] == 3   # A, and C, S from its mask; D loaded

@@ -1,0 +1,44 @@
+"""Rare Gems notebooks under papermill: fig4 computes the sweep once (the module's `gems` fixture); the other figures
+share its run cache, as they do in `make repro`."""
+import pandas as pd
+import papermill as pm
+import pytest
+
+pytestmark = pytest.mark.heavy
+
+
+@pytest.fixture(scope="module")
+def gems(module_notebooks):
+    "fig4 at smoke in the module's run cache, and the provenance it reported."
+    return module_notebooks, module_notebooks.run("fig4", preset="smoke")
+
+
+def test_rare_gems_figures_share_one_sweep(gems):
+    """fig4 computes the sweep; fig2, fig7, fig1 and fig6 then load every run and train nothing; fig8 computes only
+    IMP's three other variants (rounds and ticket finetunes) and loads GM and long-warm IMP."""
+    nbs, first = gems
+    assert first["runs_computed"] > 20          # (it also loads: IMP to 20% reuses the rounds of IMP to 50%)
+    for nb in ("fig2", "fig7", "fig1", "fig6"):
+        p = nbs.run(nb, preset="smoke")
+        assert p["runs_computed"] == 0 and p["runs_loaded"] > 0, (nb, p)
+        claims = pd.read_csv(nbs.out(nb) / "claims.csv")
+        assert {"claim", "measured", "condition", "holds"} <= set(claims.columns) and len(claims) >= 3
+        assert (nbs.out(nb) / f"{nb}.png").stat().st_size > 1000
+    p = nbs.run("fig8", preset="smoke")
+    assert p["runs_loaded"] > 0 and p["runs_computed"] > 0
+    summary = pd.read_csv(nbs.out("fig8") / "summary.csv")
+    assert set(summary.method) == {"GM", "IMP", "IMP long-cold", "IMP short-warm", "IMP short-cold"}
+    s4 = pd.read_csv(nbs.out("fig4") / "summary.csv").set_index(["network", "method", "target"])
+    s2 = pd.read_csv(nbs.out("fig2") / "summary.csv").set_index(["network", "method", "target"])
+    pd.testing.assert_series_equal(s2.post_finetune_acc, s4.post_finetune_acc.loc[s2.index])   # the same runs
+
+
+def test_fig1_takes_a_network_and_density(gems):
+    """Another network and density of the sweep: fig1 draws them from fig4's runs (it trains nothing); a density the
+    preset lacks is refused, naming it."""
+    nbs, _ = gems
+    p = nbs.run("fig1", preset="smoke", network="small-cnn", density=0.5)
+    assert (p["network"], p["density"]) == ("small-cnn", 0.5)
+    assert p["runs_computed"] == 0 and p["runs_loaded"] > 0
+    with pytest.raises(pm.PapermillExecutionError, match="density=0.3"):
+        nbs.run("fig1", preset="smoke", density=0.3)

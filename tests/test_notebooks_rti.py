@@ -1,0 +1,54 @@
+"""Towards Understanding IMP notebooks under papermill: rti_fig1 computes the batch-size sweep once (the module's `rti`
+fixture); the other figures share its run cache, as they do in `make repro`."""
+import pandas as pd
+import papermill as pm
+import pytest
+
+pytestmark = pytest.mark.heavy
+
+FIGURES = ("rti_fig1", "rti_fig2", "rti_fig3", "rti_fig4", "rti_fig5", "rti_fig6", "rti_fig7", "rti_fig8")
+
+
+@pytest.fixture(scope="module")
+def rti(module_notebooks):
+    "rti_fig1 at smoke in the module's run cache, and the provenance it reported."
+    return module_notebooks, module_notebooks.run("rti_fig1", preset="smoke")
+
+
+def test_rti_figures_share_one_sweep(rti):
+    """rti_fig1 computes IMP and its reinitialisation at every batch size (with and without warm-up); rti_fig4, 5 and 6
+    then train nothing, rti_fig2 only the second copy of each instability ticket, rti_fig8 nothing; rti_fig3 and
+    rti_fig7 only their repellent/attractive and weight-decay rounds. The same runs give the same numbers."""
+    nbs, first = rti
+    assert first["runs_computed"] == 2*2*2*4            # batch × warm-up × (IMP, reinit) × rounds (all four round 0s differ)
+    for nb in ("rti_fig4", "rti_fig5", "rti_fig6", "rti_fig8"):
+        p = nbs.run(nb, preset="smoke")
+        assert p["runs_computed"] == 0 and p["runs_loaded"] > 0, (nb, p)
+    assert nbs.run("rti_fig2", preset="smoke")["runs_computed"] == 2*2    # batch sizes × instability rounds: the seed + 1 copies
+    assert nbs.run("rti_fig3", preset="smoke")["runs_computed"] == 2*2*3  # (repellent, attractive) × (IMP, reinit) × rounds 1-3
+    assert nbs.run("rti_fig7", preset="smoke")["runs_computed"] == 2*4    # (IMP, reinit) × rounds, with the other weight decay
+    for nb in FIGURES:
+        out = nbs.out(nb)
+        assert (out / f"{nb}.png").stat().st_size > 1000 and (out / f"{nb}.pdf").read_bytes()[:5] == b"%PDF-"
+        claims = pd.read_csv(out / "claims.csv")
+        assert {"claim", "measured", "condition", "holds"} <= set(claims.columns) and len(claims) >= 3, nb
+    f1 = pd.read_parquet(nbs.out("rti_fig1") / "results.parquet").set_index(["label", "variant", "round"])
+    f6 = pd.read_parquet(nbs.out("rti_fig6") / "results.parquet").set_index(["label", "variant", "round"])
+    pd.testing.assert_series_equal(f6.threshold, f1.threshold.loc[f6.index])
+    f3 = pd.read_parquet(nbs.out("rti_fig3") / "results.parquet").set_index(["label", "variant", "round"])
+    plain = f3.index.intersection(f1.index)
+    assert len(plain) == 2*2*4
+    pd.testing.assert_series_equal(f3.acc.loc[plain], f1.acc.loc[plain])
+
+
+def test_rti_fig4_appendix_variants(rti):
+    """Appendix B's Euclidean distance, and Appendix D's one-optimum repulsion at the stable batch size (its plain
+    round 0 comes from rti_fig1's runs); an unknown distance is refused, naming it."""
+    nbs, _ = rti
+    p = nbs.run("rti_fig4", preset="smoke", distance="euclidean", lam_r=2.0, only_last=True)
+    assert (p["distance"], p["lam_r"], p["only_last"], p["batch_sizes"]) == ("euclidean", 2.0, True, [512])
+    assert p["runs_loaded"] > 0
+    t = pd.read_parquet(nbs.out("rti_fig4") / "results.parquet")
+    assert (t.distance >= 0).all() and t.distance.max() > 0
+    with pytest.raises(pm.PapermillExecutionError, match="distance='manhattan'"):
+        nbs.run("rti_fig4", preset="smoke", distance="manhattan")
