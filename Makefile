@@ -83,7 +83,7 @@ SKIP_EXPERIMENTS = $(shell test -x $(BIN)/python && $(BIN)/python -c "from paper
 NBTEST_CAP ?= 900
 PYTEST_CAP ?= 1080
 WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
-PYTEST_ARGS = -q -p no:cacheprovider -n $(WORKERS) --dist loadfile --no-loadscope-reorder --durations=15
+PYTEST_ARGS = -q -n $(WORKERS) --dist loadfile --no-loadscope-reorder --durations=15
 
 nbtest: $(STAMP)
 	@test -n "$(SKIP_EXPERIMENTS)" || { echo "could not read paper_repro.core.EXPERIMENT_NOTEBOOK"; exit 1; }

@@ -3,6 +3,7 @@ notebooks runnable by papermill, and CI calling `make test`."""
 import json
 import re
 import subprocess
+import sys
 from configparser import ConfigParser
 from pathlib import Path
 
@@ -116,7 +117,8 @@ def test_nbtest_skips_exactly_the_experiment_notebooks():
     """`make nbtest` leaves the experiment notebooks to pytest (each executed once, under papermill) and executes
     every library notebook: its skip pattern, as make expands it, splits nbs/ exactly so."""
     from paper_repro.core import experiment_notebooks
-    cmd = subprocess.run(["make", "-s", "-n", "nbtest"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    venv = Path(sys.executable).parents[1]                          # this interpreter's environment, as make's .venv
+    cmd = subprocess.run(["make", "-s", "-n", "nbtest", f"VENV={venv}"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     pattern = re.search(r"--skip_file_re '([^']+)'", cmd).group(1)
     names = [p.name for p in NBS.glob("*.ipynb")]
     skipped = {n.removesuffix(".ipynb") for n in names if re.search(pattern, n)}
