@@ -80,6 +80,8 @@ def test_every_figure_preset_focuses_on_a_point_of_its_grid():
             if "network" in cfg: focus(cfg)
     with pytest.raises(ValueError, match="network='resnet20'"):
         focus(fill_preset(gems_preset("fig7"), "cpu", network="resnet20"))
+    with pytest.raises(ValueError, match=r"density=0.3: lenet-300-100's densities in this preset are \[0.5, 0.2\]"):
+        focus(fill_preset(gems_preset("fig1"), "smoke", density=0.3))
 
 
 def test_gems_network_rejects_bad_lists():

@@ -55,7 +55,8 @@ def test_fig3_one_lam_then_all_shares_the_cache(notebooks):
     assert list(claims.columns) == ["claim", "measured", "condition", "holds"] and len(claims) >= 5
 
 
-@pytest.mark.slow   # redundant in `make test`: test_cli.py::test_a_failing_notebook_exits_1_with_its_error runs the same
+@pytest.mark.slow
 def test_fig3_unknown_lam_needs_a_density(notebooks):
+    "In `make test`: test_cli.py::test_a_failing_notebook_exits_1_with_its_error runs fig3 with the same lam."
     with pytest.raises(pm.PapermillExecutionError, match="give its target with -p density"):
         notebooks.run("fig3", preset="smoke", lam=1e-3)

@@ -34,11 +34,16 @@ def test_rare_gems_figures_share_one_sweep(gems):
 
 
 def test_fig1_takes_a_network_and_density(gems):
-    """Another network and density of the sweep: fig1 draws them from fig4's runs (it trains nothing); a density the
-    preset lacks is refused, naming it."""
+    "Another network and density of the sweep: fig1 draws them from fig4's runs (it trains nothing)."
     nbs, _ = gems
     p = nbs.run("fig1", preset="smoke", network="small-cnn", density=0.5)
     assert (p["network"], p["density"]) == ("small-cnn", 0.5)
     assert p["runs_computed"] == 0 and p["runs_loaded"] > 0
+
+
+@pytest.mark.slow
+def test_fig1_refuses_a_density_the_preset_lacks(notebooks):
+    """`make test` proves this in two parts: test_gems.py::test_every_figure_preset_focuses_on_a_point_of_its_grid (the
+    check fig1 calls) and test_cli.py::test_a_failing_notebook_exits_1_with_its_error (a notebook's error reaches you)."""
     with pytest.raises(pm.PapermillExecutionError, match="density=0.3"):
-        nbs.run("fig1", preset="smoke", density=0.3)
+        notebooks.run("fig1", preset="smoke", density=0.3)

@@ -43,12 +43,18 @@ def test_rti_figures_share_one_sweep(rti):
 
 def test_rti_fig4_appendix_variants(rti):
     """Appendix B's Euclidean distance, and Appendix D's one-optimum repulsion at the stable batch size (its plain
-    round 0 comes from rti_fig1's runs); an unknown distance is refused, naming it."""
+    round 0 comes from rti_fig1's runs)."""
     nbs, _ = rti
     p = nbs.run("rti_fig4", preset="smoke", distance="euclidean", lam_r=2.0, only_last=True)
     assert (p["distance"], p["lam_r"], p["only_last"], p["batch_sizes"]) == ("euclidean", 2.0, True, [512])
     assert p["runs_loaded"] > 0
     t = pd.read_parquet(nbs.out("rti_fig4") / "results.parquet")
     assert (t.distance >= 0).all() and t.distance.max() > 0
+
+
+@pytest.mark.slow
+def test_rti_fig4_refuses_an_unknown_distance(notebooks):
+    """`make test` proves this in two parts: test_connectivity.py::test_distance_bad_input (the check rti_fig4 calls)
+    and test_cli.py::test_a_failing_notebook_exits_1_with_its_error (a notebook's error reaches you)."""
     with pytest.raises(pm.PapermillExecutionError, match="distance='manhattan'"):
-        nbs.run("rti_fig4", preset="smoke", distance="manhattan")
+        notebooks.run("rti_fig4", preset="smoke", distance="manhattan")

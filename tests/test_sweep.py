@@ -24,7 +24,8 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot im
 
 def train_unit(c):
     """One cached run: a small CNN on the digits (convolutions: their results depend on the thread count), with a
-    checkpoint per epoch so a killed run resumes."""
+    checkpoint per epoch so a killed run resumes. `sleep` (seconds after training, so that a kill lands mid-sweep) is
+    not part of the run's configuration: a run that slept and one that did not are the same run."""
     from paper_repro.data import load_dataset
     from paper_repro.masks import random_mask
     from paper_repro.models import get_model
@@ -36,16 +37,22 @@ def train_unit(c):
         mask = random_mask(net, config["density"], seed=config["seed"])
         hist = fit(net, data, dict(optimizer="sgd", lr=0.05, momentum=0.9, epochs=config["epochs"], batch_size=64),
                    mask=mask, seed=config["seed"], checkpoint=workdir/runs.CHECKPOINT, progress=False)
-        if config.get("sleep"): time.sleep(config["sleep"])
+        if sleep: time.sleep(sleep)
         return Result(hist, tensors=dict(state=net.state_dict()), info=dict(pid=os.getpid()))
     c = dict(c)
-    root = c.pop("root")
+    root, sleep = c.pop("root"), c.pop("sleep", 0)
     r = cached_run("unit", c, run, root=root)
     return r.key, float(r.history.query("split == 'test' and metric == 'acc'").value.iloc[-1])
 
 
 def units(root, n=4, **extra):
     return [dict(density=d, seed=s, epochs=2, root=str(root), **extra) for d, s in zip((0.5, 0.3, 0.2, 0.1, 0.4, 0.6)[:n], range(n))]
+
+
+def finished_runs(root: Path, kind: str) -> list[Path]:
+    """The stored runs of `kind`: final folders with `done`. A `.partial` folder with `done` (killed between writing
+    `done` and the rename) is not one: the rerun finishes it, and counts it as computed, not loaded."""
+    return sorted(p for p in root.glob(f"{kind}-*") if p.suffix != ".partial" and (p/"done").exists()) if root.exists() else []
 
 
 def same_runs(a: Path, b: Path, keys):
@@ -86,17 +93,17 @@ def test_killed_sweep_recomputes_only_unfinished_runs(tmp_path):
         sweep(t.units({str(root)!r}, n=6, sleep=1.0), t.train_unit, "pool", workers=2, threads=1, progress=False)
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True, cwd=ROOT)
-    done = lambda: sorted(p for p in root.glob("unit-*") if (p/"done").exists()) if root.exists() else []
+    done = lambda: finished_runs(root, "unit")
     t0 = time.time()
     while len(done()) < 2 and proc.poll() is None and time.time() - t0 < 120: time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL); proc.wait()
     finished = len(done())
     assert 2 <= finished < 6, f"{finished} runs finished before the kill"
     s0 = dict(STATS)
-    again = sweep(units(root, n=6, sleep=1.0), train_unit, "serial", threads=1, progress=False)
+    again = sweep(units(root, n=6), train_unit, "serial", threads=1, progress=False)     # (no sleep: the same runs)
     assert run_counts(s0) == dict(loaded=finished, computed=6 - finished)
     print(f"killed with {finished} of 6 runs finished; the rerun loaded {finished} and computed {6 - finished}")
-    fresh = sweep(units(tmp_path/"fresh", n=6, sleep=1.0), train_unit, "serial", threads=1, progress=False)
+    fresh = sweep(units(tmp_path/"fresh", n=6), train_unit, "serial", threads=1, progress=False)
     assert again == fresh
     same_runs(root, tmp_path/"fresh", [k for k, _ in again])
     assert not list(root.glob("*.partial"))
@@ -127,7 +134,7 @@ def test_killed_imp_sweep_resumes_at_the_last_finished_round(tmp_path):
         sweep([dict(seed=s, root={str(root)!r}, slow=0.5) for s in (0, 1)], t.imp_unit, "pool", workers=2, threads=1, progress=False)
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True, cwd=ROOT)
-    done = lambda: [p for p in root.glob("imp-round-*") if (p/"done").exists()] if root.exists() else []
+    done = lambda: finished_runs(root, "imp-round")
     t0 = time.time()
     while len(done()) < 4 and proc.poll() is None and time.time() - t0 < 120: time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGKILL); proc.wait()
