@@ -138,6 +138,8 @@ def notebooks(tmp_path) -> Notebooks:
 
 
 @pytest.fixture(scope="module")
-def module_notebooks(tmp_path_factory, request) -> Notebooks:
-    "Notebooks with one outputs folder (and run cache) for the whole test module: a paper's notebooks share runs."
-    return Notebooks(tmp_path_factory.mktemp(Path(request.module.__file__).stem))
+def paper(tmp_path_factory, request) -> tuple[Notebooks, dict]:
+    """A paper's notebooks, sharing one outputs folder (and run cache) for the whole test module, after the module's
+    `FIRST` notebook (the one that computes the runs the others read) has run at smoke: (notebooks, its provenance)."""
+    nbs = Notebooks(tmp_path_factory.mktemp(Path(request.module.__file__).stem))
+    return nbs, nbs.run(request.module.FIRST, preset="smoke")

@@ -1,21 +1,16 @@
-"""ASNI notebooks under papermill: asni_table2 computes D, A, C and S once (the module's `asni` fixture); the figures
-share its run cache, as they do in `make repro`."""
+"""ASNI notebooks under papermill: asni_table2 (`FIRST`) computes D, A, C and S once; the figures share its run cache,
+as they do in `make repro`."""
 import pandas as pd
 import pytest
 
 pytestmark = pytest.mark.heavy
+FIRST = "asni_table2"   # computes the runs; the `paper` fixture (conftest) runs it once for this module
 
 
-@pytest.fixture(scope="module")
-def asni(module_notebooks):
-    "asni_table2 at smoke in the module's run cache, and the provenance it reported."
-    return module_notebooks, module_notebooks.run("asni_table2", preset="smoke")
-
-
-def test_asni_notebooks_share_the_table_runs(asni):
+def test_asni_notebooks_share_the_table_runs(paper):
     """asni_table2 computes D, A, C and S (4 runs); asni_fig2, fig3 and fig4 then train nothing, and the numbers they
     show are the table's. A papermill parameter (gamma) reaches the runs: fig2 with another gamma computes its own."""
-    nbs, first = asni
+    nbs, first = paper
     assert first["runs_computed"] == 4
     for nb in ("asni_fig2", "asni_fig3", "asni_fig4"):
         p = nbs.run(nb, preset="smoke")

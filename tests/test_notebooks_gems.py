@@ -1,22 +1,17 @@
-"""Rare Gems notebooks under papermill: fig4 computes the sweep once (the module's `gems` fixture); the other figures
-share its run cache, as they do in `make repro`."""
+"""Rare Gems notebooks under papermill: fig4 (`FIRST`) computes the sweep once; the other figures share its run cache,
+as they do in `make repro`."""
 import pandas as pd
 import papermill as pm
 import pytest
 
 pytestmark = pytest.mark.heavy
+FIRST = "fig4"   # computes the runs; the `paper` fixture (conftest) runs it once for this module
 
 
-@pytest.fixture(scope="module")
-def gems(module_notebooks):
-    "fig4 at smoke in the module's run cache, and the provenance it reported."
-    return module_notebooks, module_notebooks.run("fig4", preset="smoke")
-
-
-def test_rare_gems_figures_share_one_sweep(gems):
+def test_rare_gems_figures_share_one_sweep(paper):
     """fig4 computes the sweep; fig2, fig7, fig1 and fig6 then load every run and train nothing; fig8 computes only
     IMP's three other variants (rounds and ticket finetunes) and loads GM and long-warm IMP."""
-    nbs, first = gems
+    nbs, first = paper
     assert first["runs_computed"] > 20          # (it also loads: IMP to 20% reuses the rounds of IMP to 50%)
     for nb in ("fig2", "fig7", "fig1", "fig6"):
         p = nbs.run(nb, preset="smoke")
@@ -33,9 +28,9 @@ def test_rare_gems_figures_share_one_sweep(gems):
     pd.testing.assert_series_equal(s2.post_finetune_acc, s4.post_finetune_acc.loc[s2.index])   # the same runs
 
 
-def test_fig1_takes_a_network_and_density(gems):
+def test_fig1_takes_a_network_and_density(paper):
     "Another network and density of the sweep: fig1 draws them from fig4's runs (it trains nothing)."
-    nbs, _ = gems
+    nbs, _ = paper
     p = nbs.run("fig1", preset="smoke", network="small-cnn", density=0.5)
     assert (p["network"], p["density"]) == ("small-cnn", 0.5)
     assert p["runs_computed"] == 0 and p["runs_loaded"] > 0

@@ -1,25 +1,20 @@
-"""Towards Understanding IMP notebooks under papermill: rti_fig1 computes the batch-size sweep once (the module's `rti`
-fixture); the other figures share its run cache, as they do in `make repro`."""
+"""Towards Understanding IMP notebooks under papermill: rti_fig1 (`FIRST`) computes the batch-size sweep once; the
+other figures share its run cache, as they do in `make repro`."""
 import pandas as pd
 import papermill as pm
 import pytest
 
 pytestmark = pytest.mark.heavy
+FIRST = "rti_fig1"   # computes the runs; the `paper` fixture (conftest) runs it once for this module
 
 FIGURES = ("rti_fig1", "rti_fig2", "rti_fig3", "rti_fig4", "rti_fig5", "rti_fig6", "rti_fig7", "rti_fig8")
 
 
-@pytest.fixture(scope="module")
-def rti(module_notebooks):
-    "rti_fig1 at smoke in the module's run cache, and the provenance it reported."
-    return module_notebooks, module_notebooks.run("rti_fig1", preset="smoke")
-
-
-def test_rti_figures_share_one_sweep(rti):
+def test_rti_figures_share_one_sweep(paper):
     """rti_fig1 computes IMP and its reinitialisation at every batch size (with and without warm-up); rti_fig4, 5 and 6
     then train nothing, rti_fig2 only the second copy of each instability ticket, rti_fig8 nothing; rti_fig3 and
     rti_fig7 only their repellent/attractive and weight-decay rounds. The same runs give the same numbers."""
-    nbs, first = rti
+    nbs, first = paper
     assert first["runs_computed"] == 2*2*2*4            # batch × warm-up × (IMP, reinit) × rounds (all four round 0s differ)
     for nb in ("rti_fig4", "rti_fig5", "rti_fig6", "rti_fig8"):
         p = nbs.run(nb, preset="smoke")
@@ -41,10 +36,10 @@ def test_rti_figures_share_one_sweep(rti):
     pd.testing.assert_series_equal(f3.acc.loc[plain], f1.acc.loc[plain])
 
 
-def test_rti_fig4_appendix_variants(rti):
+def test_rti_fig4_appendix_variants(paper):
     """Appendix B's Euclidean distance, and Appendix D's one-optimum repulsion at the stable batch size (its plain
     round 0 comes from rti_fig1's runs)."""
-    nbs, _ = rti
+    nbs, _ = paper
     p = nbs.run("rti_fig4", preset="smoke", distance="euclidean", lam_r=2.0, only_last=True)
     assert (p["distance"], p["lam_r"], p["only_last"], p["batch_sizes"]) == ("euclidean", 2.0, True, [512])
     assert p["runs_loaded"] > 0

@@ -1,23 +1,18 @@
-"""Sanity Checks for Lottery Tickets notebooks under papermill: sanity_figA1 computes the grid once (the module's
-`sanity` fixture); the other figures share its run cache, as they do in `make repro`."""
+"""Sanity Checks for Lottery Tickets notebooks under papermill: sanity_figA1 (`FIRST`) computes the grid once; the
+other figures share its run cache, as they do in `make repro`."""
 import pandas as pd
 import papermill as pm
 import pytest
 
 pytestmark = pytest.mark.heavy
+FIRST = "sanity_figA1"   # computes the runs; the `paper` fixture (conftest) runs it once for this module
 
 
-@pytest.fixture(scope="module")
-def sanity(module_notebooks):
-    "sanity_figA1 at smoke in the module's run cache, and the provenance it reported."
-    return module_notebooks, module_notebooks.run("sanity_figA1", preset="smoke")
-
-
-def test_sanity_figures_share_one_grid(sanity):
+def test_sanity_figures_share_one_grid(paper):
     """sanity_figA1 computes LT/RR × IMP/OMP at every level; sanity_figD adds only WR and SD (at the focus densities);
     sanity_figF and sanity_figG then train nothing. The figures, claims and Jackpot tables are written, and the
     numbers the notebooks share are the same runs."""
-    nbs, first = sanity
+    nbs, first = paper
     assert first["runs_computed"] > 20
     d = nbs.run("sanity_figD", preset="smoke", rewind_epoch=1)
     assert d["runs_loaded"] > 0 and d["runs_computed"] == 3*2*3           # lrs × focus densities × (WR-IMP, WR-OMP, SD)
@@ -41,8 +36,8 @@ def test_sanity_figures_share_one_grid(sanity):
     assert set(corr.variant) == {"dense", "LT-IMP", "RR-IMP"} and corr.R_p.between(0, 1).all()
 
 
-def test_sanity_figG_checks_its_density(sanity):
+def test_sanity_figG_checks_its_density(paper):
     "A focus density the grid lacks is refused, naming it (the grid's runs are loaded from sanity_figA1's cache first)."
-    nbs, _ = sanity
+    nbs, _ = paper
     with pytest.raises(pm.PapermillExecutionError, match="density=0.3"):
         nbs.run("sanity_figG", preset="smoke", density=0.3)
