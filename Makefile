@@ -109,7 +109,7 @@ repro-names: $(STAMP)
 	done
 
 repro: $(STAMP) repro-names data
-	@all="$(EXPERIMENTS)"; nbs="$(if $(NB),$(basename $(notdir $(NB))),$$all)"; \
+	@nbs="$(if $(NB),$(basename $(notdir $(NB))),$(EXPERIMENTS))"; \
 	t0=$$(date +%s); \
 	for nb in $$nbs; do \
 	  mkdir -p "$(OUTPUTS)/$$nb"; \
