@@ -5,6 +5,7 @@
 one worker process, so a module-scoped fixture (a trained run, a notebook's run cache) is computed once. Files
 marked `heavy` (they execute notebooks or start processes) are handed out first, so the two workers finish
 together instead of one of them ending on a long file alone."""
+import contextlib
 import json
 import os
 import sys
@@ -34,11 +35,8 @@ def progress(line: str):
     """Write one progress line to the terminal while a test runs, also from a pytest-xdist worker (whose stdout is
     not the terminal: its stderr is, once pytest's capture is suspended)."""
     capman = _config.pluginmanager.getplugin("capturemanager") if _config else None
-    text = f"{f'[{WORKER}] ' if WORKER else ''}{line}\n"
-    if capman is None:
-        sys.stderr.write(text); sys.stderr.flush(); return
-    with capman.global_and_fixture_disabled():
-        sys.stderr.write(text); sys.stderr.flush()
+    with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():
+        sys.stderr.write(f"{f'[{WORKER}] ' if WORKER else ''}{line}\n"); sys.stderr.flush()
 
 
 def pytest_collection_modifyitems(config, items):
