@@ -25,13 +25,15 @@ EXPERIMENTS = $(shell test -x $(BIN)/python && $(BIN)/python -c "from paper_repr
 # nbdev_export silently does nothing when IN_TEST is set: never pass it down.
 unexport IN_TEST
 
-.PHONY: help venv data export sync nbtest pytest test test-slow repro repro-names bench readme clean-venv
+.PHONY: help venv data export sync nbtest pytest test test-slow repro repro-names claims bench readme clean-venv
 
 help:
 	@echo "make test     create .venv if missing, get the data, check the library is in step with nbs/, run nbdev_test and pytest"
 	@echo "make repro    create .venv if missing, get the data, run every experiment notebook at preset auto into $(OUTPUTS)/"
 	@echo "              make repro NB=fig3 ARGS=\"-p lam 1.5e-5\"   one notebook, papermill arguments passed through"
 	@echo "              make repro EXECUTOR=pool                   one worker per GPU (default: serial, each notebook's runs in its process)"
+	@echo "make claims   write outputs/reference/CLAIMS.md, every reference notebook's claims and the totals per paper"
+	@echo "              (.venv/bin/paper-repro claims prints the table; --folder outputs for your own make repro)"
 	@echo "make export   after editing notebooks: nbdev_export + nbdev_clean (commit nbs/ and paper_repro/ together)"
 	@echo "make bench    benchmarks (bench/loader.py: TensorLoader vs DataLoader; bench/mask_overhead.py: masked vs dense step)"
 	@echo "experiment notebooks: $(EXPERIMENTS)"
@@ -120,6 +122,12 @@ repro: $(STAMP) repro-names data
 	  echo "wrote $(OUTPUTS)/$$nb/"; ls "$(OUTPUTS)/$$nb"; \
 	done; \
 	echo "make repro: $$(( $$(date +%s) - t0 )) s; per-notebook wall times in $(OUTPUTS)/repro_times.tsv"
+
+# The claims scoreboard, from the committed reference tables, and its totals in the README (tests fail when either is
+# out of step).
+claims: $(STAMP)
+	$(BIN)/paper-repro claims --folder outputs/reference --write outputs/reference/CLAIMS.md
+	$(BIN)/python tests/test_readme.py --write
 
 bench: $(STAMP) data
 	$(BIN)/python bench/loader.py

@@ -21,7 +21,8 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from .core import PRESETS, experiment_notebooks, outputs_dir, repo_root, resolve_preset
+from .core import (CLAIM_KINDS, PAPERS, PRESETS, claims_markdown, claims_totals, experiment_notebooks, gather_claims,
+                               outputs_dir, repo_root, resolve_preset)
 from .runs import CHECKPOINT, RUN_FOLDER, _holder, check_executor, runs_root
 
 # %% auto #0
@@ -244,6 +245,33 @@ def _cmd_run(args) -> int:
         print(f"wrote {_show(d)}/: {' '.join(files)}")
     return 0
 
+def _left_table(t: pd.DataFrame, width: int) -> str:
+    "`t` as left-aligned text columns, each value cut to `width` characters (… marks a cut)."
+    cut = lambda v: (v if len(v) <= width else v[:width - 1] + "…")
+    cols = {c: [str(c)] + [cut(str(v).replace("\n", " ")) for v in t[c]] for c in t.columns}
+    w = {c: max(map(len, v)) for c, v in cols.items()}
+    return "\n".join("  ".join(cols[c][i].ljust(w[c]) for c in t.columns).rstrip() for i in range(len(t) + 1))
+
+def _cmd_claims(args) -> int:
+    try: table = gather_claims(args.folder)
+    except (FileNotFoundError, ValueError) as e: raise UsageError(str(e)) from None
+    for k, allowed in (("paper", PAPERS), ("kind", CLAIM_KINDS)):
+        bad = sorted(set(getattr(args, k) or ()) - set(allowed))
+        if bad: raise UsageError(f"--{k} {' '.join(bad)}: use one of {', '.join(allowed)}")
+        if getattr(args, k): table = table[table[k].isin(getattr(args, k))]
+    if args.write:
+        Path(args.write).write_text(claims_markdown(table))
+        print(f"wrote {_show(Path(args.write))}: {len(table)} claims rows")
+        return 0
+    if args.csv:
+        table.to_csv(sys.stdout, index=False); return 0
+    show = table[["paper", "figure", "kind", "claim", "measured", "condition", "holds", "preset"]].copy()
+    show["holds"] = show.holds.map(lambda v: "—" if v is None else "yes" if v else "NO")
+    print(_left_table(show, args.width) if len(show) else "no claims rows")
+    print("\ntotals per paper (only `paper` rows count as reproduced claims; regime and check: holding/all)")
+    print(_left_table(claims_totals(table), args.width))
+    return 0
+
 def _cmd_status(args) -> int:
     root = runs_root(args.root)
     t = run_status(root)
@@ -255,8 +283,8 @@ def _cmd_status(args) -> int:
 def parser() -> argparse.ArgumentParser:
     "The `paper-repro` argument parser."
     ap = argparse.ArgumentParser(prog="paper-repro", description="Experiment notebooks of paper_repro: list them, run one with papermill "
-                                 "(as `make repro` does), see the run cache.")
-    sub = ap.add_subparsers(dest="command", required=True, metavar="{list,run,status}")
+                                 "(as `make repro` does), see the run cache, gather the claims.")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="{list,run,status,claims}")
     ls = sub.add_parser("list", help="experiment notebooks, their parameters and the presets")
     ls.add_argument("notebooks", nargs="*", metavar="NOTEBOOK", help="only these (default: all)")
     ls.add_argument("--json", action="store_true", help="print JSON (title and parameters of each notebook)")
@@ -271,6 +299,14 @@ def parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="the run cache: runs by kind, done or partial, size on disk")
     st.add_argument("--root", help="the run cache (default: $PAPER_REPRO_OUTPUTS/runs, else outputs/runs)")
     st.set_defaults(fn=_cmd_status)
+    cl = sub.add_parser("claims", help="every claims row of every experiment notebook in one table, and totals per paper")
+    cl.add_argument("--folder", help="holds <notebook>/claims.csv (default: the checkout's outputs/reference; outputs for your own make repro)")
+    cl.add_argument("--paper", nargs="+", metavar="PAPER", help=f"only these papers ({', '.join(PAPERS)})")
+    cl.add_argument("--kind", nargs="+", metavar="KIND", help=f"only these kinds ({', '.join(CLAIM_KINDS)})")
+    cl.add_argument("--width", type=int, default=60, help="longest text shown in a column (default 60)")
+    cl.add_argument("--csv", action="store_true", help="print the whole table as CSV (every column, nothing cut)")
+    cl.add_argument("--write", metavar="PATH", help="write the markdown scoreboard (as `make claims` writes CLAIMS.md) instead")
+    cl.set_defaults(fn=_cmd_claims)
     return ap
 
 def main(argv: Sequence[str] | None = None, # the arguments (default: sys.argv[1:])

@@ -25,9 +25,10 @@ import torch
 
 # %% auto #0
 __all__ = ['DATA_ENV', 'OUTPUTS_ENV', 'EXPERIMENT_NOTEBOOK', 'RUN_FIRST', 'DEVICE_ENV', 'PRESETS', 'PRESET_ENV', 'RUN_KNOBS',
-           'repo_root', 'data_dir', 'outputs_dir', 'experiment_dir', 'experiment_notebooks', 'save_json',
-           'DeviceUnavailableError', 'get_device', 'seed_everything', 'resolve_preset', 'fill_preset',
-           'watch_parameters', 'provenance', 'Timer', 'claim', 'interleaved', 'timing_summary']
+           'CLAIM_KINDS', 'PAPERS', 'CLAIM_COLUMNS', 'repo_root', 'data_dir', 'outputs_dir', 'experiment_dir',
+           'experiment_notebooks', 'save_json', 'DeviceUnavailableError', 'get_device', 'seed_everything',
+           'resolve_preset', 'fill_preset', 'watch_parameters', 'provenance', 'Timer', 'claim', 'paper_of',
+           'gather_claims', 'claims_totals', 'claims_markdown', 'interleaved', 'timing_summary']
 
 # %% ../nbs/00_core.ipynb #fa678f17
 def _expect_error(f, exc, *contains):
@@ -228,14 +229,99 @@ class Timer:
     def __repr__(self): return f"Timer({self.elapsed:.3f} s)"
 
 # %% ../nbs/00_core.ipynb #0a0a5ae8
-def claim(text: str, # the paper's claim, in one line
+CLAIM_KINDS = {"paper": "a sentence of the paper, quoted or closely paraphrased, with its section or figure (`source`)",
+               "regime": "a measured precondition of the paper's setting (e.g. 'training is unstable at batch 128')",
+               "check": "an implementation property (e.g. 'the freezing bound holds'): true by construction when the code is right"}
+
+def claim(text: str, # the claim in one line: for `paper` rows the paper's own words
           measured: str, # the numbers that decide it
           condition: str, # the test applied to them
-          holds, # truthy/falsy, or None when it cannot be decided here
+          holds, # truthy/falsy, or None when it cannot be decided here (not tested, not applicable)
+          *,
+          kind: str, # one of CLAIM_KINDS: only `paper` rows count as reproduced claims
+          source: str = "", # where the paper says it (section, figure, table); required for `paper` rows
           **ids, # leading columns (network, lr, ...)
          ) -> dict:
-    "One row of a claims table: the claim, what was measured, the condition, and whether it holds."
-    return dict(ids, claim=text, measured=measured, condition=condition, holds=None if holds is None else bool(holds))
+    "One row of a claims table: its kind, the claim and where the paper says it, what was measured, the condition, whether it holds."
+    if kind not in CLAIM_KINDS: raise ValueError(f"kind={kind!r}: use one of {', '.join(map(repr, CLAIM_KINDS))}")
+    if kind == "paper" and not str(source).strip():
+        raise ValueError(f"claim {text!r} has kind='paper' but no source: give the section, figure or table that says it")
+    return dict(ids, kind=kind, claim=text, source=source, measured=measured, condition=condition,
+                holds=None if holds is None else bool(holds))
+
+# %% ../nbs/00_core.ipynb #898b2142
+PAPERS = {"gems": "Rare Gems (Sreenivasan et al. 2022)", "rti": "Towards Understanding IMP (Maene et al. 2021)",
+          "sanity": "Sanity Checks for Lottery Tickets (Ma et al. 2021)", "asni": "ASNI (Damadi et al. 2023)",
+          "data": "the datasets (no paper)"}
+
+def paper_of(notebook: str) -> str:
+    "The short name of the paper an experiment notebook reproduces (a key of PAPERS)."
+    if not EXPERIMENT_NOTEBOOK.match(notebook): raise ValueError(f"notebook={notebook!r} is not an experiment notebook")
+    for prefix in ("rti", "sanity", "asni", "data"):
+        if notebook.startswith(prefix + "_"): return prefix
+    return "gems"
+
+CLAIM_COLUMNS = ["paper", "figure", "kind", "claim", "source", "where", "measured", "condition", "holds", "preset"]
+
+def gather_claims(folder: str | Path | None = None, # holds <notebook>/claims.csv (default: the checkout's outputs/reference)
+                 ) -> pd.DataFrame:
+    "Every experiment notebook's claims rows under `folder`, in one table (CLAIM_COLUMNS), in paper then figure order."
+    folder = Path(folder) if folder is not None else (repo_root() or Path.cwd())/"outputs"/"reference"
+    if not folder.is_dir(): raise FileNotFoundError(f"folder={str(folder)!r} does not exist")
+    tables = []
+    for f in sorted(folder.glob("*/claims.csv")):
+        nb = f.parent.name
+        if not EXPERIMENT_NOTEBOOK.match(nb): continue
+        t = pd.read_csv(f, dtype=str, keep_default_na=False)
+        missing = {"kind", "claim", "measured", "condition", "holds"} - set(t.columns)
+        if missing: raise ValueError(f"{f} lacks the columns {sorted(missing)}: rerun the notebook {nb} with this version")
+        prov = folder/nb/"provenance.json"
+        preset = json.loads(prov.read_text()).get("preset", "") if prov.exists() else ""
+        ids = [c for c in t.columns if c not in CLAIM_COLUMNS]
+        where = t[ids].apply(lambda r: ", ".join(f"{k}={v}" for k, v in r.items() if v != ""), axis=1) if ids else ""
+        tables.append(t.assign(paper=paper_of(nb), figure=nb, where=where, preset=preset,
+                               source=t.source if "source" in t else "",
+                               holds=t.holds.map({"True": True, "False": False}).astype(object)))
+    if not tables: return pd.DataFrame(columns=CLAIM_COLUMNS)
+    out = pd.concat(tables, ignore_index=True)[CLAIM_COLUMNS]
+    out["holds"] = out.holds.where(out.holds.notna(), None)
+    order = {p: i for i, p in enumerate(PAPERS)}
+    return out.sort_values(["paper", "figure"], key=lambda s: s.map(order) if s.name == "paper" else s, kind="stable").reset_index(drop=True)
+
+def claims_totals(table: pd.DataFrame, # from gather_claims
+                 ) -> pd.DataFrame:
+    "Per paper: paper claims (holding, failing, undecided), and the regime and check rows (holding of all)."
+    rows = []
+    for p in [p for p in PAPERS if p in set(table.paper)]:
+        t = table[table.paper == p]
+        k = {kind: t[t.kind == kind] for kind in CLAIM_KINDS}
+        hold = lambda s: int((s.holds == True).sum())
+        rows.append(dict(paper=p, figures=t.figure.nunique(), paper_claims=len(k["paper"]), hold=hold(k["paper"]),
+                         fail=int((k["paper"].holds == False).sum()), undecided=int(k["paper"].holds.isna().sum()),
+                         regime=f"{hold(k['regime'])}/{len(k['regime'])}", check=f"{hold(k['check'])}/{len(k['check'])}"))
+    return pd.DataFrame(rows)
+
+def _md_cell(v) -> str:
+    return ("yes" if v else "**no**") if isinstance(v, bool) else "—" if v is None or v != v else str(v).replace("|", "\\|").replace("\n", " ")
+
+def _md_table(t: pd.DataFrame) -> str:
+    head = "| " + " | ".join(t.columns) + " |\n|" + "---|"*len(t.columns) + "\n"
+    return head + "".join("| " + " | ".join(_md_cell(v) for v in r) + " |\n" for r in t.itertuples(index=False))
+
+def claims_markdown(table: pd.DataFrame, # from gather_claims
+                   ) -> str:
+    "CLAIMS.md: the totals per paper, then every paper's rows (paper claims first), one table per paper."
+    out = ["# Claims scoreboard\n",
+           "Every row of every experiment notebook's claims table (`outputs/reference/<notebook>/claims.csv`, the cpu preset). "
+           "Kinds: `paper`, a sentence of the paper with its source (only these count as reproduced); `regime`, a measured "
+           "precondition of the paper's setting; `check`, an implementation property. holds: yes, **no**, or — (not decidable "
+           "at this preset). Written by `make claims`; do not edit.\n", "## Totals\n", _md_table(claims_totals(table))]
+    for p in [p for p in PAPERS if p in set(table.paper)]:
+        t = table[table.paper == p].copy()
+        t["k"] = t.kind.map({k: i for i, k in enumerate(CLAIM_KINDS)})
+        t = t.sort_values(["k", "figure"], kind="stable")
+        out += [f"## {PAPERS[p]}\n", _md_table(t[["figure", "kind", "claim", "source", "where", "measured", "condition", "holds"]])]
+    return "\n".join(out)
 
 # %% ../nbs/00_core.ipynb #0800c399
 def interleaved(fns: Mapping[str, Callable[[], Any]], # name -> zero-argument callable to time

@@ -194,7 +194,8 @@ def test_run_data_overview_smoke(tmp_path):
     prov = json.loads((out / "provenance.json").read_text())
     assert prov["samples_per_class"] == 2 and prov["preset"] == "smoke" and prov["dataset"] == "fashion-mnist"
     claims = pd.read_csv(out / "claims.csv")
-    assert list(claims.columns) == ["claim", "measured", "condition", "holds"] and claims.holds.all()
+    assert list(claims.columns) == ["kind", "claim", "source", "measured", "condition", "holds"] and claims.holds.all()
+    assert (claims.kind == "check").all()   # no paper makes claims about the data
     sizes = pd.read_parquet(out / "results.parquet").query("metric == 'size'").set_index("split").value
     assert sizes.to_dict() == {"train": 60000.0, "fit": 55000.0, "val": 5000.0, "test": 10000.0}
 

@@ -133,3 +133,15 @@ def test_reference_outputs_are_small():
         assert size < 5 * 2**20, f"{d} is {size / 2**20:.1f} MB: keep reference outputs under a few MB"
         assert (d / "claims.csv").exists() and (d / "provenance.json").exists(), d
         assert json.loads((d / "provenance.json").read_text())["preset"] == "cpu", f"{d}: references are cpu-preset runs"
+
+
+def test_claims_scoreboard_is_in_step():
+    """outputs/reference/CLAIMS.md is `make claims` applied to the committed claims tables (rerun `make claims` after a
+    reference notebook is recomputed), every reference notebook's rows have a kind, and every `paper` row cites its source."""
+    from paper_repro.core import CLAIM_KINDS, claims_markdown, gather_claims
+    ref = ROOT / "outputs" / "reference"
+    table = gather_claims(ref)
+    assert set(table.figure) == {d.name for d in ref.iterdir() if (d / "claims.csv").exists()}
+    assert set(table.kind) <= set(CLAIM_KINDS) and (table.kind == "paper").any()
+    assert (table[table.kind == "paper"].source.str.strip() != "").all()
+    assert (ref / "CLAIMS.md").read_text() == claims_markdown(table), "CLAIMS.md is out of step: run `make claims`"
