@@ -23,9 +23,9 @@ from .masks import Mask, _weights_of, to_plain
 from .train import Recipe, Ticket, _splits, evaluate, finetune
 
 # %% auto #0
-__all__ = ['DISTANCES', 'BN_MODES', 'masked_vectors', 'angular_distance', 'cosine_distance', 'euclidean_distance', 'get_distance',
-           'distance_matrix', 'interpolated', 'interpolate', 'error_barrier', 'instability', 'Instability',
-           'linear_mode_instability']
+__all__ = ['DISTANCES', 'BN_MODES', 'BARRIER_BASELINES', 'masked_vectors', 'angular_distance', 'cosine_distance',
+           'euclidean_distance', 'get_distance', 'distance_matrix', 'interpolated', 'interpolate', 'error_barrier',
+           'instability', 'Instability', 'linear_mode_instability']
 
 # %% ../nbs/15_connectivity.ipynb #03f62a67
 def _is_seq(x) -> bool: return isinstance(x, (list, tuple))
@@ -284,6 +284,8 @@ def interpolate(model_a: nn.Module, # alpha = 0
     return path
 
 # %% ../nbs/15_connectivity.ipynb #b14b0b21
+BARRIER_BASELINES = ("mean", "max")
+
 def _path_errors(path: pd.DataFrame) -> tuple[float, float, float]:
     "(error at 0, error at 1, largest error on the path)."
     if not isinstance(path, pd.DataFrame) or not {"alpha", "error"} <= set(path.columns):
@@ -296,31 +298,41 @@ def _path_errors(path: pd.DataFrame) -> tuple[float, float, float]:
         ends.append(float(e.iloc[0]))
     return ends[0], ends[1], float(path.error.max())
 
-def error_barrier(path: pd.DataFrame) -> float:
-    "Largest error on the path minus the larger endpoint error (Maene et al. 4.3: the maximal increase over the endpoints)."
+def error_barrier(path: pd.DataFrame, # from `interpolate`: columns alpha and error, with rows at alpha 0 and 1
+                  baseline: str = "mean", # "mean" of the endpoint errors (Frankle et al. 2020a, Maene et al. 4.3), or "max": the larger one
+                 ) -> float:
+    "The maximal increase of the error on the linear path over the endpoints' mean error (or, baseline='max', over the larger one)."
+    if baseline not in BARRIER_BASELINES:
+        raise ValueError(f"baseline={baseline!r}: use one of {', '.join(map(repr, BARRIER_BASELINES))} "
+                         "('mean': over the mean endpoint error, Frankle et al.'s definition; 'max': over the larger endpoint error)")
     e0, e1, top = _path_errors(path)
-    return top - max(e0, e1)
+    return top - ((e0 + e1)/2 if baseline == "mean" else max(e0, e1))
 
 def instability(path: pd.DataFrame) -> float:
-    "Largest error on the path minus the mean endpoint error (Frankle et al. 2020a)."
-    e0, e1, top = _path_errors(path)
-    return top - (e0 + e1)/2
+    "Frankle et al.'s linear mode instability of the path between two trainings: `error_barrier(path)` (the mean baseline)."
+    return error_barrier(path, "mean")
 
 # %% ../nbs/15_connectivity.ipynb #7c33497a
 @dataclass(repr=False)
 class Instability:
     "Frankle et al.'s linear mode instability of one ticket: two trainings with different SGD noise and the path between them."
     instability: float       # max error on the path − mean endpoint error
-    error_barrier: float     # max error on the path − larger endpoint error
+    error_barrier: float     # the same number (Maene et al.'s "error barrier", error_barrier(path)): checked equal
+    error_barrier_max: float # a named variant: max error on the path − the larger endpoint error (error_barrier(path, baseline="max"))
     path: pd.DataFrame       # alpha, loss, acc, error
     acc: tuple[float, float] # the two trained networks' test accuracies (the path's endpoints)
     seeds: tuple[int, int]
     networks: tuple = ()     # the two trained networks
     histories: tuple = ()    # their training histories
 
+    def __post_init__(self):
+        if self.error_barrier != self.instability:
+            raise ValueError(f"error_barrier={self.error_barrier!r} but instability={self.instability!r}: they are one quantity "
+                             "(the mean-endpoint barrier); the increase over the larger endpoint is error_barrier_max")
+
     def __repr__(self):
-        return (f"Instability({self.instability:.4f}; error barrier {self.error_barrier:.4f}; endpoint acc "
-                f"{self.acc[0]:.4f}, {self.acc[1]:.4f}; seeds {self.seeds}; {len(self.path)} points)")
+        return (f"Instability({self.instability:.4f} = error barrier; over the larger endpoint {self.error_barrier_max:.4f}; "
+                f"endpoint acc {self.acc[0]:.4f}, {self.acc[1]:.4f}; seeds {self.seeds}; {len(self.path)} points)")
 
 def linear_mode_instability(ticket: Ticket, # the mask and the (rewound) weights both copies start from
                             data: str | Mapping[str, DataSplit], # a dataset name (cached trainings) or splits with 'train' and 'test'
@@ -347,5 +359,6 @@ def linear_mode_instability(ticket: Ticket, # the mask and the (rewound) weights
             for i, s in enumerate(seeds)]
     (net_a, hist_a), (net_b, hist_b) = runs
     path = interpolate(net_a, net_b, splits["test"], alphas=alphas, bn=bn, train=splits["train"])
-    return Instability(instability(path), error_barrier(path), path, (float(path.acc.iloc[0]), float(path.acc.iloc[-1])),
+    barrier = instability(path)
+    return Instability(barrier, barrier, error_barrier(path, "max"), path, (float(path.acc.iloc[0]), float(path.acc.iloc[-1])),
                        seeds, (net_a, net_b), (hist_a, hist_b))

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 
 from typing import Mapping, Sequence
@@ -27,8 +28,8 @@ from .sanity import sanity_check
 from .train import RECIPES, Recipe, Ticket, as_recipe, evaluate, finetune, fit_seconds, last_value, model_for
 
 # %% auto #0
-__all__ = ['GEMS', 'METHODS', 'SANITY', 'LABELS', 'FOCUS', 'FIGURES', 'gems_network', 'GemsSweep', 'gems_sweep', 'sparse_regime',
-           'gems_preset', 'focus']
+__all__ = ['GEMS', 'METHODS', 'SANITY', 'LABELS', 'INVERSIONS', 'FOCUS', 'FIGURES', 'gems_network', 'GemsSweep', 'gems_sweep',
+           'sparse_regime', 'gems_preset', 'focus']
 
 # %% ../nbs/17_gems.ipynb #e55c0ea5
 def _listed(value, n: int, what: str) -> list:
@@ -189,21 +190,30 @@ class _Point:
         self.out["curves"].append(h.assign(epoch=h.epoch + offset, phase=phase, method=method, **{**self.ids, **ids}))
 
 # %% ../nbs/17_gems.ipynb #7f9c084e
-def _gm(p: _Point, sanity: bool):
+INVERSIONS = ("mining", "post-hoc")
+
+def _gm(p: _Point, sanity: bool, inversion: str = "mining"):
     "GEM-MINER: mine, finetune; then (sanity) the three checks, each finetuned the same way."
     g, i = p.net["gm"], p.i
     mine = Recipe(**g["mine"]).replace(lr=g["lr"][i])
     ft = Recipe(**p.net["finetune"]["recipe"]).replace(lr=p.net["finetune"]["lr"][i])
-    gm = gem_miner(p.spec, p.data, p.target, g["lam"][i], mine, period=g["period"][i], events=g["events"], seed=p.seed, progress=False)
+    kw = dict(period=g["period"][i], events=g["events"], seed=p.seed, progress=False)
+    gm = gem_miner(p.spec, p.data, p.target, g["lam"][i], mine, **kw)
     _, h = finetune(gm, p.data, ft, seed=p.seed, progress=False)
     p.record("GM", gm, gm.info["pre_finetune_acc"], h, mine.epochs + ft.epochs, fit_seconds(gm.history) + fit_seconds(h),
              lam=g["lam"][i], collapsed=len(gm.info["collapsed"]))
     p.curve(gm.history, "mining", "GM"); p.curve(h, "finetune", "GM", offset=mine.epochs)
     if not sanity: return
     for check, method in SANITY.items():
-        t = sanity_check(gm, check, seed=p.seed)
+        epochs, seconds, extra = 0, 0.0, {"inversion": inversion} if check == "invert" else {}
+        if check == "invert" and inversion == "mining":   # its own mining run: freezing keeps the lowest scores; mask q
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", "layer collapse")   # expected: r(p) ⊙ q empties, the mask is q (see above)
+                t = gem_miner(p.spec, p.data, p.target, g["lam"][i], mine, invert=True, unflag=True, **kw)
+            epochs, seconds = mine.epochs, fit_seconds(t.history)
+        else: t = sanity_check(gm, check, seed=p.seed)
         _, h = finetune(t, p.data, ft, seed=p.seed, progress=False)
-        p.record(method, t, evaluate(t.network(), p.test)["acc"], h, ft.epochs, fit_seconds(h))
+        p.record(method, t, evaluate(t.network(), p.test)["acc"], h, epochs + ft.epochs, seconds + fit_seconds(h), **extra)
 
 def _imp(p: _Point, method: str):
     "IMP (`IMP` is long-warm; `IMP short-cold` etc.): the rounds to the target, then the ticket trained like a round."
@@ -260,11 +270,12 @@ def _select(cfg: Mapping, models, densities) -> dict[str, dict]:
     return out
 
 # %% ../nbs/17_gems.ipynb #fc395da3
-def _gems_point(cfg: Mapping, name: str, s: int, d: float, methods: Sequence[str], dense: bool, out: dict | None = None, test=None):
+def _gems_point(cfg: Mapping, name: str, s: int, d: float, methods: Sequence[str], dense: bool, out: dict | None = None, test=None,
+                inversion: str = "mining"):
     "One grid point: every method at network `name`, seed `s`, density `d` (rows into `out`; None: only compute the runs)."
     out = dict(rows=[], layers=[], curves=[], dense=[]) if out is None else out
     p = _Point(cfg["data"], name, cfg["networks"][name], s, d, load_dataset(cfg["data"], "test") if test is None else test, out)
-    if {"GM", "sanity"} & set(methods): _gm(p, "sanity" in methods)
+    if {"GM", "sanity"} & set(methods): _gm(p, "sanity" in methods, inversion)
     for m in methods:
         if m.startswith("IMP"): _imp(p, m)
     if dense and not any(x["network"] == name and x["seed"] == s for x in out["dense"]): _dense(p)
@@ -282,8 +293,10 @@ def gems_sweep(cfg: Mapping, # a filled GEMS preset: data, networks, models, see
                executor: str = "serial", # where the grid's runs are computed (`runs.EXECUTORS`)
                workers: int | None = None, # parallel grid points (`runs.sweep`)
                progress: bool = True,
+               inversion: str = "mining", # the score-inversion check: "mining" (the authors') or "post-hoc" (see above)
               ) -> GemsSweep:
     "Run (or load) the Rare Gems comparison grid; return its tables."
+    if inversion not in INVERSIONS: raise ValueError(f"inversion={inversion!r}: use one of {', '.join(map(repr, INVERSIONS))}")
     methods, data = _check_methods(methods), cfg["data"]
     targets = _select(cfg, models, densities)
     seeds = cfg["seeds"] if seeds is None else ([seeds] if isinstance(seeds, int) else list(seeds))
@@ -292,7 +305,7 @@ def gems_sweep(cfg: Mapping, # a filled GEMS preset: data, networks, models, see
     # (to the sparsest target), started first, beside the points' other methods; the IMP tickets' finetuning at each
     # density follows once the chains exist. (One unit per point would make parallel points wait on one chain.)
     imps, rest = [m for m in methods if m.startswith("IMP")], [m for m in methods if not m.startswith("IMP")]
-    unit = lambda n, s, d, ms, dn: dict(cfg=cfg, name=n, s=s, d=d, methods=ms, dense=dn)
+    unit = lambda n, s, d, ms, dn: dict(cfg=cfg, name=n, s=s, d=d, methods=ms, dense=dn, inversion=inversion)
     first = [unit(n, s, min(targets[n]), [m], False) for n in targets for s in seeds for m in imps]
     first += [unit(n, s, d, rest, dense) for n, s, d in grid if rest or dense]
     then = [unit(n, s, d, imps, False) for n, s, d in grid if imps]
@@ -301,7 +314,7 @@ def gems_sweep(cfg: Mapping, # a filled GEMS preset: data, networks, models, see
         runs.sweep(part, _gems_unit, executor, workers=workers, desc=what, progress=progress)
     swept = run_counts(stats0)
     test, out = load_dataset(data, "test"), dict(rows=[], layers=[], curves=[], dense=[])
-    for name, s, d in grid: _gems_point(cfg, name, s, d, methods, dense, out, test)   # every run is cached now: this loads them
+    for name, s, d in grid: _gems_point(cfg, name, s, d, methods, dense, out, test, inversion)   # every run is cached now: this loads them
     cache = runs.gathered_counts(stats0, swept)
     cat = lambda parts: pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
     return GemsSweep(pd.DataFrame(out["rows"]), cat(out["layers"]), cat(out["curves"]), pd.DataFrame(out["dense"]), cache)

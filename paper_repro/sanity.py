@@ -23,9 +23,9 @@ from .runs import STATS, run_counts
 from .train import Recipe, Ticket, evaluate, finetune, last_value, model_for
 
 # %% auto #0
-__all__ = ['CHECKS', 'LTH', 'LTH_FIGURES', 'shuffle_check', 'reinit_check', 'invert_check', 'sanity_check', 'sanity_table',
-           'correlation_indicator', 'jackpot_conditions', 'LTHSweep', 'lth_sweep', 'lth_preset', 'check_lth',
-           'lt_advantage']
+__all__ = ['CHECKS', 'JACKPOT_MODES', 'LTH', 'LTH_FIGURES', 'shuffle_check', 'reinit_check', 'invert_check', 'sanity_check',
+           'sanity_table', 'correlation_indicator', 'jackpot_conditions', 'LTHSweep', 'lth_sweep', 'lth_preset',
+           'check_lth', 'lt_advantage']
 
 # %% ../nbs/16_sanity.ipynb #14fd786c
 CHECKS = ("shuffle", "reinit", "invert")
@@ -116,14 +116,21 @@ def _acc(table: pd.DataFrame) -> pd.Series:
     "Mean accuracy (over seeds) by variant, nominal density and learning rate."
     return table.groupby(["variant", "nominal", "lr"]).acc.mean()
 
+JACKPOT_MODES = {"paper": "A_PRE, A_SD and A_RR at their best learning rates of the grid (Appendix C: A_PRE 'with a decent "
+                          "learning rate'; Appendix B ③: RR 'trained with any learning rates'); a Jackpot if some rate of the ticket beats all three",
+                 "per-lr": "A_PRE, A_SD and A_RR trained at the ticket's own learning rate (a per-rate reading, not the appendix's test)"}
+
 def jackpot_conditions(table: pd.DataFrame, # rows of one network: variant, nominal, lr, acc (lth_sweep's table)
-                       tickets: Sequence[str] = ("LT-IMP", "LT-OMP"), # Appendix C's A_LT (per learning rate)
+                       tickets: Sequence[str] = ("LT-IMP", "LT-OMP"), # Appendix C's A_LT
                        rewinding: Sequence[str] = ("WR-IMP", "WR-OMP"), # Appendix B's subnetworks (over learning rates)
                        tolerance: float = 0.01, # "≈": A >= B - tolerance
                        gap: float = 0.01, # "clear gap": A >= B + gap
                        min_sparsity: float = 0.5, # "non-trivial sparsity": 1 - density >= this
+                       mode: str = "paper", # Appendix C's references: "paper" (best rate of the grid) or "per-lr" (JACKPOT_MODES)
                       ) -> pd.DataFrame:
-    "Ma et al.'s Jackpot conditions, each row with the numbers that decide it (Appendix C per rate; Appendix B ①–⑤)."
+    "Ma et al.'s Jackpot conditions, each row with the numbers that decide it (Appendix C, `mode`; Appendix B ①–⑤)."
+    if mode not in JACKPOT_MODES:
+        raise ValueError(f"mode={mode!r}: use one of " + "; ".join(f"{k!r} ({v})" for k, v in JACKPOT_MODES.items()))
     for k, v in (("tolerance", tolerance), ("gap", gap)):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0: raise ValueError(f"{k}={v!r}: use a number >= 0")
     if not 0 <= min_sparsity < 1: raise ValueError(f"min_sparsity={min_sparsity!r}: use a number in [0, 1)")
@@ -136,41 +143,57 @@ def jackpot_conditions(table: pd.DataFrame, # rows of one network: variant, nomi
     pre = acc["dense"][1.0]
     T = int(table.query("variant == 'dense'").epochs.iloc[0]) if "epochs" in table.columns else None
     rows = []
-    def row(appendix, condition, ticket, d, lr, value, reference, ref_name, need, holds, **extra):
-        rows.append(dict(appendix=appendix, condition=condition, ticket=ticket, density=d, lr=lr, value=value, reference=reference,
-                         compared_with=ref_name, margin=None if reference is None else value - reference, need=need,
-                         holds=None if holds is None else bool(holds), **extra))
+    def row(appendix, condition, ticket, d, lr, value, reference, ref_name, ref_lr, need, holds, mode=None, **extra):
+        rows.append(dict(appendix=appendix, mode=mode, condition=condition, ticket=ticket, density=d, lr=lr, value=value,
+                         reference=reference, compared_with=ref_name, ref_lr=ref_lr, margin=None if reference is None else value - reference,
+                         need=need, holds=None if holds is None else bool(holds), **extra))
     have = lambda v, d: v in acc.index.get_level_values(0) and d in acc[v].index.get_level_values(0)
+    by_lr = lambda v, d: acc[v][d] if have(v, d) else pd.Series(dtype=float)      # accuracy by learning rate
+    def ref(name, s, lr):
+        "(accuracy, its learning rate, its label) of the reference `mode` compares with; (None, None, label) when missing."
+        if mode == "paper":
+            return (s.max(), s.idxmax(), f"{name} (best lr {s.idxmax():g})") if len(s) else (None, None, f"{name} (missing)")
+        return (s[lr], lr, f"{name} (lr {lr:g})") if lr in s.index else (None, None, f"{name} (missing at lr {lr:g})")
     for ticket in tickets:
+        if ticket not in acc.index.get_level_values(0): continue
         rr = "RR-" + ticket.split("-", 1)[1]
-        for d in sorted(acc[ticket].index.get_level_values(0).unique(), reverse=True) if ticket in acc.index.get_level_values(0) else []:
-            for lr in lrs:
-                if (d, lr) not in acc[ticket].index: continue
-                a, jack = acc[ticket][d, lr], []
-                row("C", "A_LT ≈ A_PRE", ticket, d, lr, a, pre[lr], "dense", f">= -{tolerance:g}", a >= pre[lr] - tolerance); jack.append(rows[-1]["holds"])
-                sd = acc["SD"][d, lr] if have("SD", d) and (d, lr) in acc["SD"].index else None
-                row("C", "A_LT > A_SD", ticket, d, lr, a, sd, "SD", f">= {gap:g}", None if sd is None else a >= sd + gap); jack.append(rows[-1]["holds"])
-                r_ = acc[rr][d, lr] if have(rr, d) and (d, lr) in acc[rr].index else None
-                row("C", "A_LT > A_RR", ticket, d, lr, a, r_, rr, f">= {gap:g}", None if r_ is None else a >= r_ + gap); jack.append(rows[-1]["holds"])
-                row("C", "Jackpot (all three)", ticket, d, lr, a, None, "", "all hold", None if None in jack else all(jack))
+        for d in sorted(acc[ticket].index.get_level_values(0).unique(), reverse=True):
+            a_lr, verdict = acc[ticket][d], {}
+            for lr, a in a_lr.items():
+                jack = []
+                for cond, (name, s), sign, need in (("A_LT ≈ A_PRE", ("dense", pre), -tolerance, f">= -{tolerance:g}"),
+                                                     ("A_LT > A_SD", ("SD", by_lr("SD", d)), gap, f">= {gap:g}"),
+                                                     ("A_LT > A_RR", (rr, by_lr(rr, d)), gap, f">= {gap:g}")):
+                    r, r_lr, label = ref(name, s, lr)
+                    row("C", cond, ticket, d, lr, a, r, label, r_lr, need, None if r is None else a >= r + sign, mode)
+                    jack.append(rows[-1]["holds"])
+                verdict[lr] = None if None in jack and False not in jack else all(jack)
+                row("C", "all three at this lr", ticket, d, lr, a, None, "", None, "all hold", verdict[lr], mode)
+            good = [lr for lr, v in verdict.items() if v]
+            at = max(good, key=a_lr.get) if good else a_lr.idxmax()
+            row("C", "Jackpot (∃ lr: all three)", ticket, d, at, a_lr[at], None,
+                f"all three at lr {', '.join(f'{x:g}' for x in good)}" if good else "all three at no lr", None, "∃ lr",
+                True if good else None if None in verdict.values() else False, mode)
     for ticket in rewinding:
         if ticket not in acc.index.get_level_values(0): continue
         rr = "RR-" + ticket.split("-", 1)[1]
         for d in sorted(acc[ticket].index.get_level_values(0).unique(), reverse=True):
             w = acc[ticket][d]
             best = w.idxmax()
-            row("B", "① non-trivial sparsity", ticket, d, None, 1 - d, min_sparsity, "min_sparsity", f"sparsity >= {min_sparsity:g}",
+            row("B", "① non-trivial sparsity", ticket, d, None, 1 - d, min_sparsity, "min_sparsity", None, f"sparsity >= {min_sparsity:g}",
                 1 - d >= min_sparsity - 1e-12, T=T)
-            sd = acc["SD"][d] if have("SD", d) else None
-            row("B", "② SD clearly below", ticket, d, best, w.max(), None if sd is None else sd.max(), "SD (best lr)", f">= {gap:g}",
-                None if sd is None else w.max() >= sd.max() + gap)
-            r_ = acc[rr][d] if have(rr, d) else None
-            row("B", "③ ∃ lr: above RR at every lr", ticket, d, best, w.max(), None if r_ is None else r_.max(), f"{rr} (best lr)",
-                f">= {gap:g}", None if r_ is None else w.max() >= r_.max() + gap)
+            sd = by_lr("SD", d)
+            row("B", "② SD clearly below", ticket, d, best, w.max(), sd.max() if len(sd) else None,
+                f"SD (best lr {sd.idxmax():g})" if len(sd) else "SD (missing)", sd.idxmax() if len(sd) else None, f">= {gap:g}",
+                w.max() >= sd.max() + gap if len(sd) else None)
+            r_ = by_lr(rr, d)
+            row("B", "③ ∃ lr: above RR at every lr", ticket, d, best, w.max(), r_.max() if len(r_) else None,
+                f"{rr} (best lr {r_.idxmax():g})" if len(r_) else f"{rr} (missing)", r_.idxmax() if len(r_) else None, f">= {gap:g}",
+                w.max() >= r_.max() + gap if len(r_) else None)
             m = (w - pre.reindex(w.index))
-            row("B", "④ ∃ lr: ≈ dense at the same lr", ticket, d, m.idxmax(), w[m.idxmax()], pre[m.idxmax()], "dense (same lr)",
-                f">= -{tolerance:g}", m.max() >= -tolerance)
-            row("B", "⑤ ∃ lr: ≈ well-trained dense", ticket, d, best, w.max(), pre.max(), f"dense (best lr {pre.idxmax():g})",
+            row("B", "④ ∃ lr: ≈ dense at the same lr", ticket, d, m.idxmax(), w[m.idxmax()], pre[m.idxmax()], f"dense (lr {m.idxmax():g})",
+                m.idxmax(), f">= -{tolerance:g}", m.max() >= -tolerance)
+            row("B", "⑤ ∃ lr: ≈ well-trained dense", ticket, d, best, w.max(), pre.max(), f"dense (best lr {pre.idxmax():g})", pre.idxmax(),
                 f">= -{tolerance:g}", w.max() >= pre.max() - tolerance)
     return pd.DataFrame(rows)
 
@@ -261,7 +284,7 @@ def lth_sweep(cfg: Mapping, # a filled LTH preset
 
 # %% ../nbs/16_sanity.ipynb #98495cb6
 LTH_FIGURES = {"sanity_figA1": {}, "sanity_figD": dict(tolerance=0.01, gap=0.01, min_sparsity=0.5),
-               "sanity_figF": dict(tolerance=0.01, gap=0.01, min_sparsity=0.5), "sanity_figG": dict(density=None)}
+               "sanity_figF": dict(tolerance=0.01, gap=0.01, min_sparsity=0.5, jackpot="paper"), "sanity_figG": dict(density=None)}
 
 def lth_preset(figure: str) -> dict:
     "The preset table (smoke/cpu/paper) of one of Ma et al.'s figure notebooks: the sweep's knobs plus its own."

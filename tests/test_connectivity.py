@@ -1,8 +1,9 @@
 """paper_repro.connectivity: angular/cosine/Euclidean distances in every input form (0, 1, 2 for identical, orthogonal,
 opposite; the mask intersection honoured; hand-computed values), distance matrices (symmetric, zero diagonal, the
 init row on each round's own mask), the linear path (endpoints are evaluate() exactly, with and without BatchNorm,
-in both BN modes; every row is the network at that alpha; masked pairs; models untouched), error barrier and
-instability, linear mode instability through cached finetuning, bad input."""
+in both BN modes; every row is the network at that alpha; masked pairs; models untouched), the error barrier over the
+mean endpoint error (= instability; the larger-endpoint variant by name only), linear mode instability through cached
+finetuning, bad input."""
 import copy
 import math
 
@@ -11,9 +12,9 @@ import pandas as pd
 import pytest
 import torch
 
-from paper_repro.connectivity import (BN_MODES, DISTANCES, Instability, angular_distance, cosine_distance, distance_matrix,
-                                      error_barrier, euclidean_distance, get_distance, instability, interpolate,
-                                      interpolated, linear_mode_instability, masked_vectors)
+from paper_repro.connectivity import (BARRIER_BASELINES, BN_MODES, DISTANCES, Instability, angular_distance, cosine_distance,
+                                      distance_matrix, error_barrier, euclidean_distance, get_distance, instability,
+                                      interpolate, interpolated, linear_mode_instability, masked_vectors)
 from paper_repro.core import _expect_error
 from paper_repro.data import TensorLoader, load_dataset
 from paper_repro.masks import Mask, apply_mask, get_mask, random_mask
@@ -288,11 +289,27 @@ def test_interpolate_bad_input(lenets, resnets, digits):
 
 # ---------------------------------------------------------------- barriers
 
+def test_error_barrier_is_over_the_mean_endpoint_error():
+    """The acceptance example: errors 0.1, 0.3, 0.2 at alpha 0, 0.5, 1. Maene et al. 4.3 follow Frankle et al. (2020a):
+    the maximal increase on the path over the MEAN of the endpoint errors, 0.3 - 0.15; the increase over the larger
+    endpoint is only a named option."""
+    p = pd.DataFrame(dict(alpha=[0, 0.5, 1], error=[0.1, 0.3, 0.2]))
+    assert error_barrier(p) == pytest.approx(0.15, abs=1e-15)
+    assert error_barrier(p, baseline="mean") == error_barrier(p) == instability(p)
+    assert error_barrier(p, baseline="max") == pytest.approx(0.10, abs=1e-15)
+    assert BARRIER_BASELINES == ("mean", "max")
+    for bad in ("worst", "Mean", None, 0):
+        _expect_error(lambda: error_barrier(p, baseline=bad), ValueError, f"baseline={bad!r}", "'mean', 'max'")
+
+
 def test_barrier_and_instability():
     p = pd.DataFrame(dict(alpha=[0, 0.25, 0.5, 1], error=[0.10, 0.30, 0.40, 0.20]))
-    assert error_barrier(p) == pytest.approx(0.20, abs=1e-15) and instability(p) == pytest.approx(0.25, abs=1e-15)
-    flat = pd.DataFrame(dict(alpha=[0, 0.5, 1], error=[0.1, 0.05, 0.2]))
-    assert error_barrier(flat) == 0.0 and instability(flat) == pytest.approx(0.05, abs=1e-15)
+    assert error_barrier(p) == pytest.approx(0.25, abs=1e-15) and instability(p) == error_barrier(p)
+    assert error_barrier(p, "max") == pytest.approx(0.20, abs=1e-15)
+    flat = pd.DataFrame(dict(alpha=[0, 0.5, 1], error=[0.1, 0.05, 0.2]))      # no bump: half the endpoints' gap remains
+    assert error_barrier(flat) == pytest.approx(0.05, abs=1e-15) and error_barrier(flat, "max") == 0.0
+    same = pd.DataFrame(dict(alpha=[0, 0.5, 1], error=[0.2, 0.35, 0.2]))      # equal endpoints: the baselines agree
+    assert error_barrier(same) == error_barrier(same, "max") == pytest.approx(0.15, abs=1e-15)
     _expect_error(lambda: error_barrier(p.iloc[:3]), ValueError, "no row at alpha=1")
     _expect_error(lambda: instability(p.iloc[1:]), ValueError, "no row at alpha=0")
     _expect_error(lambda: error_barrier(p[["alpha"]]), ValueError, "columns alpha, error")
@@ -307,7 +324,9 @@ def test_linear_mode_instability(tmp_outputs, digits):
     assert isinstance(r, Instability) and STATS["misses"] == misses + 2
     assert r.acc == (last_value(r.histories[0]), last_value(r.histories[1]))   # the endpoints are the trained copies
     assert r.instability == instability(r.path) and r.error_barrier == error_barrier(r.path)
-    assert 0 <= r.error_barrier <= r.instability and r.seeds == (0, 1)
+    assert r.error_barrier == r.instability and r.error_barrier_max == error_barrier(r.path, "max")
+    assert 0 <= r.error_barrier_max <= r.instability and r.seeds == (0, 1)
+    _expect_error(lambda: Instability(0.05, 0.03, 0.0, r.path, r.acc, r.seeds), ValueError, "error_barrier=0.03", "instability=0.05")
     assert get_mask(r.networks[0]) == ticket.mask and get_mask(r.networks[1]) == ticket.mask
     assert not torch.equal(r.networks[0].fc.weight, r.networks[1].fc.weight)   # different SGD noise
     hits = STATS["hits"]

@@ -6,8 +6,11 @@ import warnings
 import pytest
 import torch
 
-from paper_repro.gem_miner import (FIG3, REGULARIZERS, TABLE15, Miner, freeze, freezing_bound, freezing_events,
-                                   gem_miner, score_regularizer)
+from torch import nn
+
+import paper_repro.gem_miner as gem_miner_module
+from paper_repro.gem_miner import (FIG3, REGULARIZERS, TABLE15, TABLE15_NESTEROV, Miner, freeze, freezing_bound,
+                                   freezing_events, gem_miner, score_regularizer)
 from paper_repro.masks import Mask, get_mask, masked_layers, to_masked
 from paper_repro.models import get_model
 from paper_repro.train import RECIPES, get_recipe, model_for
@@ -132,6 +135,62 @@ def test_unflag_gives_q_and_invert_keeps_small_scores():
     assert q.density == pytest.approx(math.floor(0.05 * q.size) / q.size)
 
 
+def test_inverted_freezing_keeps_the_smallest_active_scores_by_hand():
+    """Score inversion at mining time (Rare Gems section 4; the authors' --invert-sanity-check): on a two-layer model
+    with ten distinct scores, redrawn before each of three events as training would move them and with the frozen
+    entries given the very smallest scores, each event keeps exactly the k smallest scores of the entries active
+    before it (sorted by hand), and no frozen entry comes back."""
+    model = to_masked(nn.Sequential(nn.Linear(3, 2, bias=False), nn.Linear(2, 2, bias=False)), rule="round", seed=0)
+    layers = list(masked_layers(model).values())
+    flat = lambda attr: torch.cat([getattr(l, attr).detach().flatten() for l in layers])
+    g = torch.Generator().manual_seed(1)
+    for keep in (7, 4, 2, 1):
+        before = flat("mask").bool()
+        v = 0.05 + 0.9 * torch.randperm(10, generator=g).float() / 10
+        v[~before] = torch.linspace(0, 0.01, int((~before).sum()))
+        with torch.no_grad():
+            for l, part in zip(layers, torch.split(v, [l.scores.numel() for l in layers])):
+                l.scores.copy_(part.view_as(l.scores))
+        assert freeze(model, keep, invert=True) == int(before.sum()) - keep
+        after = flat("mask").bool()
+        by_hand = sorted((i for i in range(10) if before[i]), key=lambda i: float(v[i]))[:keep]
+        assert sorted(torch.nonzero(after).flatten().tolist()) == sorted(by_hand)
+        assert not (after & ~before).any()
+
+
+def test_mining_time_inversion_keeps_the_lowest_scores_of_the_not_yet_frozen(monkeypatch):
+    """gem_miner(invert=True) on LeNet-300-100 (digits), every freezing event recorded: the entries kept are the k
+    smallest scores among those active before the event (k from the schedule; ties either way), frozen entries never
+    return, and the final q is the last event's."""
+    real, events = gem_miner_module.freeze, []
+
+    def spy(model, keep, invert=False):
+        layers = list(masked_layers(model).values())
+        q = lambda: torch.cat([l.mask.detach().flatten() for l in layers]).bool()
+        before, p = q(), torch.cat([l.scores.detach().flatten() for l in layers]).clone()
+        frozen = real(model, keep, invert=invert)
+        events.append(dict(invert=invert, keep=keep, before=before, p=p, after=q(), frozen=frozen))
+        return frozen
+
+    monkeypatch.setattr(gem_miner_module, "freeze", spy)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")            # r(p) ⊙ q collapses when the lowest scores are kept: expected
+        t = gem_miner(SPEC, "digits", 0.05, 1e-4, RECIPE, period=2, invert=True, unflag=True, cache=False, progress=False)
+    schedule = freezing_events(RECIPE.epochs, 2, 0.05)
+    assert len(events) == len(schedule) and all(e["invert"] for e in events)
+    total = events[0]["before"].numel()
+    for e, frac in zip(events, schedule.values()):
+        kept, dropped = e["after"], e["before"] & ~e["after"]
+        assert e["keep"] == math.floor(frac * total) and int(kept.sum()) == e["keep"]
+        assert not (kept & ~e["before"]).any()                          # frozen entries never come back
+        assert dropped.any() and e["p"][kept].max() <= e["p"][dropped].min()   # the lowest active scores stay
+        assert e["frozen"] == int(dropped.sum())
+    for a, b in zip(events, events[1:]):
+        assert torch.equal(b["before"], a["after"])                     # nothing revived between events
+    q = torch.cat([t.extras["frozen"][n].flatten() for n in t.extras["frozen"]]).bool()
+    assert torch.equal(q, events[-1]["after"]) and t.mask == Mask(t.extras["frozen"])   # unflag: the mask is q
+
+
 def test_layer_collapse_is_recorded_and_warned():
     """A regulariser far too strong pushes every score under 1/2: collapse is counted, listed and warned about."""
     with pytest.warns(UserWarning, match="layer collapse"):
@@ -166,6 +225,20 @@ def test_presets_match_the_tables():
     assert TABLE15["vgg16-gems"] == (200, 128, 0.05, (100, 150))
     for preset in FIG3.values():
         assert len(preset["lams"]) == len(preset["targets"])
+        # GEM-MINER(λ) by itself for several λ (section 3's "larger λ, sparser output"): λ = 0 and no_target_lams
+        assert dict(zip(preset["lams"], preset["targets"]))[0.0] is None and len(preset["no_target_lams"]) >= 1
+        assert 0.0 not in preset["no_target_lams"]
+    assert p["no_target_lams"] == [7e-6, 1.5e-5]                         # "becomes 2.5% and 1.4%"
+
+
+def test_nesterov_only_for_resnet50_tiny_imagenet():
+    """Table 13's note, "We also use nesterov momentum for finetuning", is for ResNet-50 on Tiny-ImageNet alone."""
+    assert TABLE15_NESTEROV == ("resnet50-tiny-imagenet",)
+    for name in TABLE15:
+        r = RECIPES[f"gems-finetune-{name}"]
+        assert r.nesterov == (name == "resnet50-tiny-imagenet"), name
+        assert (r.optimizer, r.momentum, r.weight_decay) == ("sgd", 0.9, 1e-4)
+    assert TABLE15["resnet50-tiny-imagenet"] == (150, 256, 0.1, (80, 120))
 
 
 @pytest.mark.parametrize("kw,words", [

@@ -1,14 +1,16 @@
 """The Rare Gems comparison sweep: presets against Appendix A.3, exact densities, costs, and run sharing."""
+import json
 import math
 
 import pandas as pd
 import pytest
 
 from paper_repro.core import PRESETS, fill_preset
-from paper_repro.gems import (FIGURES, GEMS, METHODS, SANITY, focus, gems_network, gems_preset, gems_sweep,
+from paper_repro.gems import (FIGURES, GEMS, INVERSIONS, METHODS, SANITY, focus, gems_network, gems_preset, gems_sweep,
                               sparse_regime)
 from paper_repro.imp import imp_rounds
 from paper_repro.masks import keep_count
+from paper_repro.runs import runs_root
 from paper_repro.train import RECIPES, Recipe
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -158,12 +160,55 @@ def test_a_second_sweep_loads_everything(grid):
 
 
 def test_changing_one_lambda_recomputes_only_that_gem_miner(grid):
-    """λ of the 20% point changes: its GM mining, GM finetuning and the three sanity finetunes (5 runs per seed) are
-    new; IMP, EP, SR and the 50% point load."""
+    """λ of the 20% point changes: its GM mining, GM finetuning, the inverted mining, and the three sanity finetunes
+    (6 runs per seed) are new; IMP, EP, SR and the 50% point load."""
     cfg, _ = grid
     other = tiny(lam=(0.0, 3e-4), seeds=(0,))
     sweep = gems_sweep(other, methods=("GM", "IMP", "EP", "SR", "sanity"), progress=False)
-    assert sweep.cache["computed"] == 5, sweep.cache
+    assert sweep.cache["computed"] == 6, sweep.cache
+
+
+def _gem_miner_configs() -> list[dict]:
+    return [json.loads(f.read_text())["config"] for f in runs_root().glob("gem_miner-*/config.json")]
+
+
+def test_score_inversion_is_a_mining_run_at_the_same_settings(grid):
+    """Figure 4's `GM invert` (default inversion="mining") is its own cached GEM-MINER run: GM's configuration with
+    invert=True (freezing keeps the lowest scores) and unflag=True (the mask is q); its cost counts that mining."""
+    cfg, sweep = grid
+    s = sweep.summary
+    inv = s[s.method == "GM invert"]
+    assert set(inv.inversion) == {"mining"} and set(inv.epochs) == {2 + 1}          # mining + finetuning
+    assert set(s[s.method.isin(["GM shuffle", "GM reinit"])].epochs) == {1}         # the others only finetune
+    configs = _gem_miner_configs()
+    mined = [c for c in configs if c["invert"]]
+    plain = [c for c in configs if not c["invert"]]
+    assert len(mined) >= 2 * 2 and all(c["unflag"] for c in mined)                 # seeds × densities
+    same = lambda c: {k: v for k, v in c.items() if k not in ("invert", "unflag")}
+    for c in mined: assert same(c) in [same(x) for x in plain]                      # GM's very settings
+    N = 64 * 300 + 300 * 100 + 100 * 10
+    gm = s[s.method == "GM"].set_index(["target", "seed"]).density
+    for r in inv.itertuples():                                                      # q: the target's count, >= GM's
+        assert gm.loc[(r.target, r.seed)] * N - 0.5 <= r.density * N <= keep_count(N, r.target)
+
+
+def test_post_hoc_inversion_is_the_named_option(grid):
+    """inversion="post-hoc" inverts GM's final scores after mining (`sanity_check(gm, "invert")`): only the four
+    `GM invert` finetunings are new; its masks keep GM's count; bad values name the two."""
+    cfg, sweep = grid
+    post = gems_sweep(cfg, methods=("GM", "sanity"), inversion="post-hoc", progress=False)
+    assert post.cache["computed"] == 4, post.cache
+    a = sweep.summary.query("method == 'GM invert'").set_index(["target", "seed"])
+    b = post.summary.query("method == 'GM invert'").set_index(["target", "seed"])
+    assert set(b.inversion) == {"post-hoc"} and set(b.epochs) == {1} and (a.key != b.key.loc[a.index]).all()
+    gm = sweep.summary.query("method == 'GM'").set_index(["target", "seed"]).density
+    assert (b.density - gm.loc[b.index]).abs().max() < 1e-12
+    same = lambda x: (x.summary[x.summary.method.isin(["GM", "GM shuffle", "GM reinit"])]
+                      .set_index(["method", "target", "seed"])[["key", "post_finetune_acc"]].sort_index())
+    pd.testing.assert_frame_equal(same(post), same(sweep))                          # the other rows are the same runs
+    assert INVERSIONS == ("mining", "post-hoc")
+    with pytest.raises(ValueError, match=r"inversion='after': use one of 'mining', 'post-hoc'"):
+        gems_sweep(cfg, inversion="after")
 
 
 def test_bad_arguments_name_what_is_allowed(grid):

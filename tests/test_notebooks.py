@@ -2,6 +2,7 @@
 
 Each paper's notebooks share one run cache in their own file (test_notebooks_gems, _rti, _sanity, _asni), so each
 notebook is executed once at smoke; this file holds what concerns every notebook, and fig3's lam sweep."""
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -10,7 +11,7 @@ import pandas as pd
 import papermill as pm
 import pytest
 
-from paper_repro.core import experiment_notebooks
+from paper_repro.core import CLAIM_KINDS, experiment_notebooks
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.heavy
@@ -39,20 +40,47 @@ def test_make_repro_names_an_unknown_notebook():
 
 def test_fig3_one_lam_then_all_shares_the_cache(notebooks):
     """`-p lam` runs that GEM-MINER(lam) alone (with its Edge-Popup partner); the full run afterwards loads it from the
-    run cache and computes only the rest; a third run computes nothing."""
-    first = notebooks.run("fig3", preset="smoke", lam=3e-4)
+    run cache and computes only the rest; a third run computes nothing. The claims: every row has a kind from
+    CLAIM_KINDS (paper rows a source); with one λ the claims about several λ are not applicable (empty), never False;
+    the summary keeps λ as given."""
+    first = notebooks.run("fig3", preset="smoke", lam=1.5e-5)            # a paper λ: its paper target, 1.4%
     out = notebooks.out("fig3")
     summary = pd.read_csv(out / "summary.csv")
-    assert summary.lam.tolist() == [3e-4, 3e-4] and summary.method.tolist() == ["GM", "EP"]
+    assert summary.lam.tolist() == [1.5e-5, 1.5e-5] and summary.method.tolist() == ["GM", "EP"]
+    assert summary.target.iloc[0] == 0.014
+    shown = [o for c in json.loads((notebooks.root / "fig3.ipynb").read_text())["cells"] if c["id"] == "5911519e"
+             for o in c["outputs"] if "data" in o]
+    assert "1.5e-05" in "".join(shown[-1]["data"]["text/plain"])                # λ as given (table rounding once showed 0.0)
     assert first["runs_loaded"] == 0 and first["runs_computed"] == 4       # GM, its finetune, EP, its finetune
+    one = check_claims(out / "claims.csv")
+    several = one[one.claim.str.startswith("as λ increases")]
+    assert len(several) == 1 and several.holds.isna().all()                # not applicable with one λ
+    assert one[one.claim.str.startswith("GEM-MINER(0)")].holds.isna().all()
+    first = notebooks.run("fig3", preset="smoke", lam=3e-4)
     second = notebooks.run("fig3", preset="smoke")
-    assert second["runs_loaded"] == 4 and second["runs_computed"] == 2     # + GM(0) and its finetune
+    # loads GM(3e-4) to 5%, its finetune, EP and its finetune; computes GM(0) and its finetune, and GM(3e-4) without a target
+    assert second["runs_loaded"] == 4 and second["runs_computed"] == 3
     third = notebooks.run("fig3", preset="smoke")
-    assert third["runs_computed"] == 0 and third["runs_loaded"] == 6
+    assert third["runs_computed"] == 0 and third["runs_loaded"] == 7
     for f in ("fig3.png", "results.parquet", "summary.csv", "claims.csv"):
         assert (out / f).stat().st_size > 100
-    claims = pd.read_csv(out / "claims.csv")
-    assert list(claims.columns) == ["claim", "measured", "condition", "holds"] and len(claims) >= 5
+    summary = pd.read_csv(out / "summary.csv")
+    free = summary[(summary.method == "GM") & summary.target.isna()]
+    assert sorted(free.lam) == [0.0, 3e-4] and free[free.lam > 0].post_finetune_acc.isna().all()   # mined only
+    claims = check_claims(out / "claims.csv")
+    assert len(claims) >= 8 and set(claims.kind) == {"paper", "regime", "check"}
+    assert claims[claims.claim.str.startswith("as λ increases")].holds.notna().all()   # two λ without a target
+    assert claims[claims.kind == "check"].claim.tolist() == ["the freezing bound holds after every freezing event"]
+
+
+def check_claims(path) -> pd.DataFrame:
+    "A claims.csv as the scoreboard reads it: the claim() columns, kinds from CLAIM_KINDS, paper rows with a source."
+    claims = pd.read_csv(path, dtype={"source": str}, keep_default_na=True)
+    assert list(claims.columns[-6:]) == ["kind", "claim", "source", "measured", "condition", "holds"], list(claims.columns)
+    assert set(claims.kind) <= set(CLAIM_KINDS), set(claims.kind)
+    assert claims[claims.kind == "paper"].source.fillna("").str.strip().ne("").all()
+    assert set(claims.holds.dropna()) <= {True, False}
+    return claims
 
 
 @pytest.mark.slow

@@ -4,14 +4,17 @@ import pandas as pd
 import papermill as pm
 import pytest
 
+from paper_repro.core import CLAIM_KINDS
+
 pytestmark = pytest.mark.heavy
 FIRST = "sanity_figA1"   # computes the runs; the `paper` fixture (conftest) runs it once for this module
 
 
 def test_sanity_figures_share_one_grid(paper):
     """sanity_figA1 computes LT/RR × IMP/OMP at every level; sanity_figD adds only WR and SD (at the focus densities);
-    sanity_figF and sanity_figG then train nothing. The figures, claims and Jackpot tables are written, and the
-    numbers the notebooks share are the same runs."""
+    sanity_figF and sanity_figG then train nothing. The figures, claims (with their kind and source) and Jackpot tables
+    (Appendix C with the paper's test and the per-rate one) are written, and the numbers the notebooks share are the
+    same runs."""
     nbs, first = paper
     assert first["runs_computed"] > 20
     d = nbs.run("sanity_figD", preset="smoke", rewind_epoch=1)
@@ -22,11 +25,29 @@ def test_sanity_figures_share_one_grid(paper):
     for nb in ("sanity_figA1", "sanity_figD", "sanity_figF", "sanity_figG"):
         out = nbs.out(nb)
         assert (out / f"{nb}.png").stat().st_size > 1000 and (out / f"{nb}.pdf").read_bytes()[:5] == b"%PDF-"
-        claims = pd.read_csv(out / "claims.csv")
-        assert {"claim", "measured", "condition", "holds"} <= set(claims.columns) and len(claims) >= 3, nb
+        claims = pd.read_csv(out / "claims.csv", dtype=str, keep_default_na=False)
+        cols = list(claims.columns)
+        assert cols[cols.index("kind"):] == ["kind", "claim", "source", "measured", "condition", "holds"] and len(claims) >= 3, (nb, cols)
+        assert set(claims.kind) <= set(CLAIM_KINDS) and "paper" in set(claims.kind), (nb, set(claims.kind))
+        assert (claims.source[claims.kind == "paper"].str.strip() != "").all(), nb            # every paper row cites the appendix
+        assert set(claims.holds) <= {"True", "False", ""}, nb
+    d = pd.read_csv(nbs.out("sanity_figD") / "claims.csv")
+    assert set(d.kind[d.claim.str.startswith("① ")]) == {"regime"} and set(d.kind[d.claim.str.contains("①–⑤")]) == {"paper"}
+    assert d.source[d.kind == "paper"].str.contains("App. B").all()                # each paper row quotes Appendix B (and D)
+    f = pd.read_csv(nbs.out("sanity_figF") / "claims.csv")
+    jp = f[f.kind == "paper"]                       # F.2: ResNet-20 on CIFAR-10 holds no Jackpot ticket; LeNet-300-100 stands in
+    assert len(jp) == 1 and jp.claim.iloc[0].startswith("ResNet-20 on CIFAR-10 (here lenet-300-100") and "no Jackpot" in jp.claim.iloc[0]
+    assert "F.2" in jp.source.iloc[0] and "'paper' test" in jp.condition.iloc[0]
     jack = pd.read_csv(nbs.out("sanity_figF") / "jackpot.csv")
-    assert set(jack.query("appendix == 'C'").lr) == {0.005, 0.01, 0.1}
-    assert set(jack.condition) >= {"A_LT ≈ A_PRE", "A_LT > A_SD", "A_LT > A_RR", "⑤ ∃ lr: ≈ well-trained dense"}
+    c = jack.query("appendix == 'C'")
+    assert set(c.lr) == {0.005, 0.01, 0.1} and set(c["mode"]) == {"paper", "per-lr"}
+    assert set(jack.condition) >= {"A_LT ≈ A_PRE", "A_LT > A_SD", "A_LT > A_RR", "all three at this lr", "Jackpot (∃ lr: all three)",
+                                   "⑤ ∃ lr: ≈ well-trained dense"}
+    pre = c[(c["mode"] == "paper") & (c.condition == "A_LT ≈ A_PRE")]
+    assert pre.compared_with.str.startswith("dense (best lr ").all() and pre.reference.nunique() == 1    # A_PRE: the best rate's
+    paper, per = (c[(c["mode"] == m) & (c.condition == "Jackpot (∃ lr: all three)")].set_index(["ticket", "density"]).holds
+                  for m in ("paper", "per-lr"))
+    assert not ((paper == True) & (per != True)).any()                               # the paper's test implies the per-rate one
     a1 = pd.read_parquet(nbs.out("sanity_figA1") / "results.parquet").set_index(["lr", "variant", "level"]).acc
     f = pd.read_parquet(nbs.out("sanity_figF") / "results.parquet").set_index(["lr", "variant", "level"]).acc
     common = f.index.intersection(a1.index)

@@ -1,7 +1,10 @@
 """paper_repro.sanity: shuffling keeps every layer's count, reinitialisation keeps the mask and draws the same
-distribution, score inversion takes the other end of each layer's ranking, the table, errors."""
+distribution, score inversion takes the other end of each layer's ranking, the table, errors; R_p; the Jackpot
+conditions (the paper's test against the per-rate one)."""
 import math
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -156,3 +159,77 @@ def test_rp_rejects_bad_input():
         correlation_indicator(a, a, 0.1, mask={"l0": torch.ones(300, 100, dtype=torch.bool)})
     with pytest.raises(ValueError, match="keeps no weight"):
         correlation_indicator({"w": torch.ones(3)}, {"w": torch.ones(3)}, 0.01)
+
+
+# --- the Jackpot conditions (Ma et al., Appendix C): the paper's test against the per-rate one -----------------------
+
+from paper_repro.sanity import JACKPOT_MODES, jackpot_conditions
+
+LRS3 = (0.005, 0.01, 0.1)
+
+
+def grid3(**accs):
+    """One network on three learning rates: variant -> accuracies at 0.005, 0.01, 0.1 (None: not trained at that rate);
+    the dense network at density 1, every other variant at 0.2."""
+    return pd.DataFrame([dict(variant=v.replace("_", "-"), nominal=1.0 if v == "dense" else 0.2, lr=lr, acc=a, epochs=4)
+                         for v, acc in accs.items() for lr, a in zip(LRS3, acc) if a is not None])
+
+
+def jackpot(table, mode):
+    "The 'Jackpot (∃ lr: all three)' verdict of LT-IMP at density 0.2, and the per-rate 'all three at this lr' verdicts."
+    t = jackpot_conditions(table, tickets=["LT-IMP"], rewinding=[], mode=mode).set_index(["condition", "lr"])
+    at = [t.holds["all three at this lr", lr] for lr in LRS3]
+    return t.holds.xs("Jackpot (∃ lr: all three)", level="condition").item(), at
+
+
+def test_jackpot_per_rate_yes_paper_no():
+    """tolerance = gap = 0.01.
+    Per rate (every reference trained at the ticket's rate):
+      0.005: A_LT 0.875 >= dense 0.88 - 0.01 = 0.87; >= SD 0.84 + 0.01 = 0.85; >= RR 0.85 + 0.01 = 0.86   -> all three
+      0.01:  A_LT 0.905 >= 0.90 - 0.01 = 0.89;       >= 0.86 + 0.01 = 0.87;    >= 0.88 + 0.01 = 0.89      -> all three
+      0.1:   A_LT 0.90  <  0.93 - 0.01 = 0.92                                                             -> no
+      => Jackpot (at 0.005 and 0.01).
+    The paper's test (A_PRE: dense at its best rate 0.1, 0.93; RR at its best rate 0.1, 0.91; SD at its best, 0.87):
+      the ticket's best is 0.905 (lr 0.01) < 0.93 - 0.01 = 0.92 and < 0.91 + 0.01 = 0.92: no rate passes  => no Jackpot."""
+    t = grid3(dense=(0.88, 0.90, 0.93), LT_IMP=(0.875, 0.905, 0.90), RR_IMP=(0.85, 0.88, 0.91), SD=(0.84, 0.86, 0.87))
+    assert jackpot(t, "per-lr") == (True, [True, True, False])
+    assert jackpot(t, "paper") == (False, [False, False, False])
+    rows = jackpot_conditions(t, tickets=["LT-IMP"], rewinding=[]).set_index(["condition", "lr"])
+    assert set(rows["mode"]) == {"paper"}                                     # the default
+    pre = rows.loc[("A_LT ≈ A_PRE", 0.01)]
+    assert (pre.value, pre.reference, pre.ref_lr, pre.compared_with) == (0.905, 0.93, 0.1, "dense (best lr 0.1)")
+    assert rows.loc[("A_LT > A_RR", 0.005)].compared_with == "RR-IMP (best lr 0.1)"
+    assert rows.loc[("A_LT > A_SD", 0.01)].holds                              # 0.905 >= 0.87 + 0.01: only SD is beaten
+    assert rows.loc[("Jackpot (∃ lr: all three)", 0.01)].compared_with == "all three at no lr"   # lr: the ticket's best
+
+
+def test_jackpot_paper_yes_per_rate_not():
+    """The reverse cannot happen on a full grid: each paper reference is the best of the grid, at least the same-rate
+    one, so a rate at which the ticket passes the paper's test passes the per-rate test too (checked on random grids).
+    It parts that way only where a reference is missing at the ticket's rate. SD trained at 0.1 only (0.85):
+    The paper's test (dense best 0.90 at 0.1, RR best 0.87 at 0.1, SD 0.85 at 0.1):
+      0.01: A_LT 0.90 >= 0.90 - 0.01 = 0.89; >= 0.85 + 0.01 = 0.86; >= 0.87 + 0.01 = 0.88                 => Jackpot
+    Per rate: 0.005 and 0.01 have no SD to compare with (undecided, None); 0.1: A_LT 0.88 < dense 0.90 - 0.01 = 0.89
+      (no)                                                                                     => undecided (None)."""
+    t = grid3(dense=(0.86, 0.88, 0.90), LT_IMP=(0.87, 0.90, 0.88), RR_IMP=(0.84, 0.86, 0.87), SD=(None, None, 0.85))
+    assert jackpot(t, "paper") == (True, [False, True, False])
+    assert jackpot(t, "per-lr") == (None, [None, None, False])
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        g = grid3(**{v: tuple(rng.uniform(0.80, 0.95, 3)) for v in ("dense", "LT_IMP", "RR_IMP", "SD")})
+        paper, paper_at = jackpot(g, "paper")
+        per, per_at = jackpot(g, "per-lr")
+        assert all(p <= q for p, q in zip(paper_at, per_at)) and paper <= per            # paper => per-lr, rate by rate
+
+
+def test_jackpot_modes_and_appendix_b_rows():
+    t = grid3(dense=(0.88, 0.90, 0.93), LT_IMP=(0.875, 0.905, 0.90), RR_IMP=(0.85, 0.88, 0.91), SD=(0.84, 0.86, 0.87),
+              WR_IMP=(0.90, 0.91, 0.93))
+    assert set(JACKPOT_MODES) == {"paper", "per-lr"}
+    with pytest.raises(ValueError, match=r"mode='best'.*'paper'.*'per-lr'"):
+        jackpot_conditions(t, mode="best")
+    b = {m: jackpot_conditions(t, tickets=[], rewinding=["WR-IMP"], mode=m) for m in JACKPOT_MODES}
+    pd.testing.assert_frame_equal(b["paper"], b["per-lr"])                   # Appendix B compares across rates itself
+    rows = b["paper"].set_index("condition")
+    assert rows.holds.tolist() == [True] * 5
+    assert rows.compared_with["⑤ ∃ lr: ≈ well-trained dense"] == "dense (best lr 0.1)" and rows.ref_lr["④ ∃ lr: ≈ dense at the same lr"] == 0.005
