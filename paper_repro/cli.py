@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from .core import (CLAIM_KINDS, PAPERS, PRESETS, claims_markdown, claims_totals, experiment_notebooks, gather_claims,
-                               outputs_dir, repo_root, resolve_preset)
+                               UNCLASSIFIED, outputs_dir, repo_root, resolve_preset)
 from .runs import CHECKPOINT, RUN_FOLDER, _holder, check_executor, runs_root
 
 # %% auto #0
@@ -270,6 +270,8 @@ def _cmd_claims(args) -> int:
     print(_left_table(show, args.width) if len(show) else "no claims rows")
     print("\ntotals per paper (only `paper` rows count as reproduced claims; regime and check: holding/all)")
     print(_left_table(claims_totals(table), args.width))
+    pending = sorted(set(table.figure[table.kind == UNCLASSIFIED]))
+    if pending: print(f"\nnot yet rerun since claims have kinds (rows `{UNCLASSIFIED}`): {' '.join(pending)}")
     return 0
 
 def _cmd_status(args) -> int:

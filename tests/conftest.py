@@ -128,6 +128,23 @@ class Notebooks:
     def provenance(self, nb: str) -> dict:
         return json.loads((self.out(nb) / "provenance.json").read_text())
 
+    def claims(self, nb: str, min_rows: int = 3):
+        """The notebook's claims.csv (all columns as text), checked as the scoreboard (`paper-repro claims`) reads it:
+        its id columns, then kind, claim, source, measured, condition, holds; every kind one of CLAIM_KINDS; at least
+        one `paper` row, each with its source; every claim and condition stated; holds True, False or empty
+        (undecided: not tested or not applicable)."""
+        import pandas as pd
+        from paper_repro.core import CLAIM_KINDS
+        claims = pd.read_csv(self.out(nb) / "claims.csv", dtype=str, keep_default_na=False)
+        assert list(claims.columns[-6:]) == ["kind", "claim", "source", "measured", "condition", "holds"], (nb, list(claims.columns))
+        assert len(claims) >= min_rows, (nb, len(claims))
+        assert set(claims.kind) <= set(CLAIM_KINDS), (nb, sorted(set(claims.kind) - set(CLAIM_KINDS)))
+        paper = claims[claims.kind == "paper"]
+        assert len(paper) and (paper.source.str.strip() != "").all(), (nb, paper[["claim", "source"]])
+        assert (claims.claim.str.strip() != "").all() and (claims.condition.str.strip() != "").all(), nb
+        assert set(claims.holds) <= {"True", "False", ""}, (nb, sorted(set(claims.holds)))
+        return claims
+
 
 @pytest.fixture
 def notebooks(tmp_path) -> Notebooks:

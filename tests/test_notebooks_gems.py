@@ -4,23 +4,10 @@ import pandas as pd
 import papermill as pm
 import pytest
 
-from paper_repro.core import CLAIM_KINDS
 
 pytestmark = pytest.mark.heavy
 FIRST = "fig4"   # computes the runs; the `paper` fixture (conftest) runs it once for this module
 
-
-def check_claims(path, min_rows: int = 3) -> pd.DataFrame:
-    """A claims table as `core.claim` writes it: its id columns, then kind, claim, source, measured, condition, holds;
-    every kind one of CLAIM_KINDS, every `paper` row with its source, holds True, False or empty (undecided)."""
-    claims = pd.read_csv(path, dtype=str, keep_default_na=False)
-    assert list(claims.columns[-6:]) == ["kind", "claim", "source", "measured", "condition", "holds"], (path, list(claims.columns))
-    assert len(claims) >= min_rows, path
-    assert set(claims.kind) <= set(CLAIM_KINDS), (path, set(claims.kind))
-    assert (claims.kind == "paper").any(), path
-    assert (claims.source[claims.kind == "paper"].str.strip() != "").all(), path
-    assert set(claims.holds) <= {"True", "False", ""}, (path, set(claims.holds))
-    return claims
 
 
 def test_rare_gems_figures_share_one_sweep(paper):
@@ -28,14 +15,15 @@ def test_rare_gems_figures_share_one_sweep(paper):
     IMP's three other variants (rounds and ticket finetunes) and loads GM and long-warm IMP."""
     nbs, first = paper
     assert first["runs_computed"] > 20          # (it also loads: IMP to 20% reuses the rounds of IMP to 50%)
+    nbs.claims("fig4")
     for nb in ("fig2", "fig7", "fig1", "fig6"):
         p = nbs.run(nb, preset="smoke")
         assert p["runs_computed"] == 0 and p["runs_loaded"] > 0, (nb, p)
-        check_claims(nbs.out(nb) / "claims.csv")
+        nbs.claims(nb)
         assert (nbs.out(nb) / f"{nb}.png").stat().st_size > 1000
     p = nbs.run("fig8", preset="smoke")
     assert p["runs_loaded"] > 0 and p["runs_computed"] > 0
-    check_claims(nbs.out("fig8") / "claims.csv")
+    nbs.claims("fig8")
     summary = pd.read_csv(nbs.out("fig8") / "summary.csv")
     assert set(summary.method) == {"GM", "IMP", "IMP long-cold", "IMP short-warm", "IMP short-cold"}
     s4 = pd.read_csv(nbs.out("fig4") / "summary.csv").set_index(["network", "method", "target"])
@@ -49,7 +37,7 @@ def test_fig1_takes_a_network_and_density(paper):
     p = nbs.run("fig1", preset="smoke", network="small-cnn", density=0.5)
     assert (p["network"], p["density"]) == ("small-cnn", 0.5)
     assert p["runs_computed"] == 0 and p["runs_loaded"] > 0
-    claims = check_claims(nbs.out("fig1") / "claims.csv")
+    claims = nbs.claims("fig1")
     assert set(claims.network) == {"small-cnn"} and set(claims.density) == {"0.5"}
 
 

@@ -4,26 +4,12 @@ import pandas as pd
 import papermill as pm
 import pytest
 
-from paper_repro.core import CLAIM_KINDS
 
 pytestmark = pytest.mark.heavy
 FIRST = "rti_fig1"   # computes the runs; the `paper` fixture (conftest) runs it once for this module
 
 FIGURES = ("rti_fig1", "rti_fig2", "rti_fig3", "rti_fig4", "rti_fig5", "rti_fig6", "rti_fig7", "rti_fig8")
 
-
-def check_claims(claims: pd.DataFrame, nb: str, least: int = 3):
-    """A claims table as `core.claim` writes it: the claim columns in order after the ids, every kind one of
-    CLAIM_KINDS, every `paper` row with its source, holds True, False or empty (not tested / not applicable), and at
-    least one `paper` row."""
-    cols = ["kind", "claim", "source", "measured", "condition", "holds"]
-    assert list(claims.columns[-len(cols):]) == cols, (nb, list(claims.columns))
-    assert len(claims) >= least, (nb, len(claims))
-    assert set(claims.kind) <= set(CLAIM_KINDS), (nb, sorted(set(claims.kind) - set(CLAIM_KINDS)))
-    paper = claims[claims.kind == "paper"]
-    assert len(paper) and (paper.source.str.strip() != "").all(), (nb, paper[["claim", "source"]])
-    assert set(claims.holds) <= {"True", "False", ""}, (nb, sorted(set(claims.holds)))
-    assert (claims.claim.str.strip() != "").all() and (claims.condition.str.strip() != "").all(), nb
 
 
 def test_rti_figures_share_one_sweep(paper):
@@ -41,7 +27,7 @@ def test_rti_figures_share_one_sweep(paper):
     for nb in FIGURES:
         out = nbs.out(nb)
         assert (out / f"{nb}.png").stat().st_size > 1000 and (out / f"{nb}.pdf").read_bytes()[:5] == b"%PDF-"
-        check_claims(pd.read_csv(out / "claims.csv", dtype=str, keep_default_na=False), nb)
+        nbs.claims(nb)
     f1 = pd.read_parquet(nbs.out("rti_fig1") / "results.parquet").set_index(["label", "variant", "round"])
     f6 = pd.read_parquet(nbs.out("rti_fig6") / "results.parquet").set_index(["label", "variant", "round"])
     pd.testing.assert_series_equal(f6.threshold, f1.threshold.loc[f6.index])
@@ -68,8 +54,7 @@ def test_rti_fig4_appendix_variants(paper):
     assert p["runs_loaded"] > 0
     t = pd.read_parquet(nbs.out("rti_fig4") / "results.parquet")
     assert (t.distance >= 0).all() and t.distance.max() > 0
-    claims = pd.read_csv(nbs.out("rti_fig4") / "claims.csv", dtype=str, keep_default_na=False)
-    check_claims(claims, "rti_fig4", least=1)           # appendix D's own claim: the checkerboard of one-optimum repulsion
+    claims = nbs.claims("rti_fig4", min_rows=1)           # appendix D's own claim: the checkerboard of one-optimum repulsion
     assert len(claims) == 1 and "last but one" in claims.claim[0] and claims.source[0] == "Sec. 3.1; App. D, Fig. 17"
 
 

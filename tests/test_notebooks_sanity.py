@@ -4,7 +4,6 @@ import pandas as pd
 import papermill as pm
 import pytest
 
-from paper_repro.core import CLAIM_KINDS
 
 pytestmark = pytest.mark.heavy
 FIRST = "sanity_figA1"   # computes the runs; the `paper` fixture (conftest) runs it once for this module
@@ -25,12 +24,7 @@ def test_sanity_figures_share_one_grid(paper):
     for nb in ("sanity_figA1", "sanity_figD", "sanity_figF", "sanity_figG"):
         out = nbs.out(nb)
         assert (out / f"{nb}.png").stat().st_size > 1000 and (out / f"{nb}.pdf").read_bytes()[:5] == b"%PDF-"
-        claims = pd.read_csv(out / "claims.csv", dtype=str, keep_default_na=False)
-        cols = list(claims.columns)
-        assert cols[cols.index("kind"):] == ["kind", "claim", "source", "measured", "condition", "holds"] and len(claims) >= 3, (nb, cols)
-        assert set(claims.kind) <= set(CLAIM_KINDS) and "paper" in set(claims.kind), (nb, set(claims.kind))
-        assert (claims.source[claims.kind == "paper"].str.strip() != "").all(), nb            # every paper row cites the appendix
-        assert set(claims.holds) <= {"True", "False", ""}, nb
+        nbs.claims(nb)
     d = pd.read_csv(nbs.out("sanity_figD") / "claims.csv")
     assert set(d.kind[d.claim.str.startswith("① ")]) == {"regime"} and set(d.kind[d.claim.str.contains("①–⑤")]) == {"paper"}
     assert d.source[d.kind == "paper"].str.contains("App. B").all()                # each paper row quotes Appendix B (and D)
