@@ -149,10 +149,12 @@ def jackpot_conditions(table: pd.DataFrame, # rows of one network: variant, nomi
                          need=need, holds=None if holds is None else bool(holds), **extra))
     have = lambda v, d: v in acc.index.get_level_values(0) and d in acc[v].index.get_level_values(0)
     by_lr = lambda v, d: acc[v][d] if have(v, d) else pd.Series(dtype=float)      # accuracy by learning rate
+    def best(name, s):
+        "(accuracy, learning rate, label) of the best rate of the grid; (None, None, label) when missing."
+        return (s.max(), s.idxmax(), f"{name} (best lr {s.idxmax():g})") if len(s) else (None, None, f"{name} (missing)")
     def ref(name, s, lr):
         "(accuracy, its learning rate, its label) of the reference `mode` compares with; (None, None, label) when missing."
-        if mode == "paper":
-            return (s.max(), s.idxmax(), f"{name} (best lr {s.idxmax():g})") if len(s) else (None, None, f"{name} (missing)")
+        if mode == "paper": return best(name, s)
         return (s[lr], lr, f"{name} (lr {lr:g})") if lr in s.index else (None, None, f"{name} (missing at lr {lr:g})")
     for ticket in tickets:
         if ticket not in acc.index.get_level_values(0): continue
@@ -179,21 +181,16 @@ def jackpot_conditions(table: pd.DataFrame, # rows of one network: variant, nomi
         rr = "RR-" + ticket.split("-", 1)[1]
         for d in sorted(acc[ticket].index.get_level_values(0).unique(), reverse=True):
             w = acc[ticket][d]
-            best = w.idxmax()
+            top = w.idxmax()
             row("B", "① non-trivial sparsity", ticket, d, None, 1 - d, min_sparsity, "min_sparsity", None, f"sparsity >= {min_sparsity:g}",
                 1 - d >= min_sparsity - 1e-12, T=T)
-            sd = by_lr("SD", d)
-            row("B", "② SD clearly below", ticket, d, best, w.max(), sd.max() if len(sd) else None,
-                f"SD (best lr {sd.idxmax():g})" if len(sd) else "SD (missing)", sd.idxmax() if len(sd) else None, f">= {gap:g}",
-                w.max() >= sd.max() + gap if len(sd) else None)
-            r_ = by_lr(rr, d)
-            row("B", "③ ∃ lr: above RR at every lr", ticket, d, best, w.max(), r_.max() if len(r_) else None,
-                f"{rr} (best lr {r_.idxmax():g})" if len(r_) else f"{rr} (missing)", r_.idxmax() if len(r_) else None, f">= {gap:g}",
-                w.max() >= r_.max() + gap if len(r_) else None)
+            for cond, name in (("② SD clearly below", "SD"), ("③ ∃ lr: above RR at every lr", rr)):
+                r, r_lr, label = best(name, by_lr(name, d))
+                row("B", cond, ticket, d, top, w.max(), r, label, r_lr, f">= {gap:g}", None if r is None else w.max() >= r + gap)
             m = (w - pre.reindex(w.index))
             row("B", "④ ∃ lr: ≈ dense at the same lr", ticket, d, m.idxmax(), w[m.idxmax()], pre[m.idxmax()], f"dense (lr {m.idxmax():g})",
                 m.idxmax(), f">= -{tolerance:g}", m.max() >= -tolerance)
-            row("B", "⑤ ∃ lr: ≈ well-trained dense", ticket, d, best, w.max(), pre.max(), f"dense (best lr {pre.idxmax():g})", pre.idxmax(),
+            row("B", "⑤ ∃ lr: ≈ well-trained dense", ticket, d, top, w.max(), pre.max(), f"dense (best lr {pre.idxmax():g})", pre.idxmax(),
                 f">= -{tolerance:g}", w.max() >= pre.max() - tolerance)
     return pd.DataFrame(rows)
 
