@@ -203,18 +203,28 @@ def _cpu_name() -> str:
     except OSError: pass
     return platform.processor() or platform.machine()
 
+def _installed_version(name: str) -> str:
+    """`name.__version__` without importing `name` when it is not imported yet: torchvision's import takes 1-2 s,
+    which every notebook paid only to write this one string (its build tag, e.g. '+cu130', is kept)."""
+    if name in sys.modules: return sys.modules[name].__version__
+    import importlib.util, importlib.metadata
+    spec = importlib.util.find_spec(name)
+    try: found = re.search(r"""__version__\s*=\s*['"]([^'"]+)""", (Path(spec.origin).parent/"version.py").read_text())
+    except (OSError, TypeError, AttributeError): found = None
+    return found.group(1) if found else importlib.metadata.version(name)
+
 def provenance(device: str | torch.device | None = None, # the device the run uses (default: `get_device()`)
                **extra, # anything else to record: preset, dataset, seeds, ...
               ) -> dict:
     "Where a result comes from: package and library versions, git commit, device, host and start time."
-    import paper_repro, torchvision
+    import paper_repro
     dev = get_device(device)
     commit = _git("rev-parse", "HEAD")
     status = _git("status", "--porcelain", "--untracked-files=no")
     return dict(package="paper_repro", version=paper_repro.__version__, git_commit=commit,
                 git_dirty=None if status is None else bool(status), device=str(dev),
                 device_name=torch.cuda.get_device_name(dev) if dev.type == "cuda" else _cpu_name(),
-                torch=torch.__version__, torchvision=torchvision.__version__, numpy=np.__version__, python=platform.python_version(),
+                torch=torch.__version__, torchvision=_installed_version("torchvision"), numpy=np.__version__, python=platform.python_version(),
                 cpu_threads=torch.get_num_threads(), host=socket.gethostname(),
                 start_time=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **extra)
 

@@ -508,7 +508,9 @@ def get_model(name: str, # a name in `MODELS`
         raise ValueError(f"input_size={input_size}: {name} needs inputs of at least {spec.min_input}×{spec.min_input} "
                          f"(its pooling halves the side {int(math.log2(spec.min_input))} times)")
     with torch.device("meta"): model = spec.build(num_classes, in_channels, input_size, **opts)
-    model = model.to_empty(device="cpu")
+    # uninitialised CPU storage for each meta tensor (`initialize` fills all of it). Not `to_empty`: its `empty_like` of
+    # a meta tensor runs PyTorch's Python meta functions, whose first call imports sympy (~1 s in every process)
+    model = model._apply(lambda t: torch.empty(t.shape, dtype=t.dtype, device="cpu"))
     return initialize(model, init, init_density, init_mode, bn_init, bias_init, seed)
 
 # %% ../nbs/02_models.ipynb #048660e0

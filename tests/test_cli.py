@@ -173,6 +173,11 @@ def test_run_fig3_smoke_one_lam(tmp_path):
     assert summary.loc["GM", "lam"] == 1.5e-5 and summary.loc["GM", "target"] == 0.014
     assert abs(summary.loc["GM", "density"] - 0.014) < 1e-4
     assert summary.loc["EP", "density"] == pytest.approx(summary.loc["GM", "density"], abs=1e-4)
+    shown = [o for c in nb["cells"] if c["id"] == "5911519e" for o in c["outputs"] if "data" in o]
+    assert "1.5e-05" in "".join(shown[-1]["data"]["text/plain"])                # λ as given (table rounding once showed 0.0)
+    claims = pd.read_csv(out / "claims.csv", dtype=str, keep_default_na=False)
+    assert (claims[claims.claim.str.startswith("as λ increases")].holds == "").all()   # not applicable with one λ
+    assert (claims[claims.claim.str.startswith("GEM-MINER(0)")].holds == "").all()
     assert "fig3 took" in r.stdout and "wrote fig3/: fig3.ipynb" in r.stdout and "fig3.png" in r.stdout
     assert "Executing Cell" in r.stdout + r.stderr                   # --log-output, as make repro
     st = paper_repro("status", outputs=tmp_path, cwd=tmp_path)        # the runs it computed are in the cache
