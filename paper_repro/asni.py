@@ -16,13 +16,14 @@ from torch import nn
 from tqdm import tqdm
 
 from .core import PRESETS
-from .masks import Mask, _weights_of, apply_mask, get_mask, keep_count, magnitude, plain_state
+from .masks import Mask, weights_of, apply_mask, get_mask, keep_count, magnitude, plain_state
 from .models import count_parameters, get_model, prunable_layers
 from .plots import COLORS, MARKERS
 from . import runs
 from .runs import STATS, Result, cached_run, run_counts, run_hash
-from .train import (Callback, FitState, Recipe, Ticket, as_recipe, check_model, finetune, fit, fit_seconds,
-                               last_value, model_for)
+from .recipes import as_recipe, Recipe
+from .train import Callback, fit, fit_seconds, FitState, last_value
+from .tickets import check_model, finetune, model_for, Ticket
 
 # %% auto #0
 __all__ = ['CACHE_VERSION', 'CONVENTIONS', 'VARIANTS', 'VARIANT_NAMES', 'ASNI_ROWS', 'ASNI', 'ASNI_FIGURES', 'check_asni',
@@ -101,7 +102,7 @@ def centroids(model: nn.Module, # a (masked) model: its effective prunable weigh
              ) -> pd.DataFrame:
     "Per prunable layer: c_plus and c_minus (means of the positive and of the negative surviving weights), their counts, size."
     rows = []
-    for name, w in _weights_of(model).items():   # w ⊙ mask for masked layers, the weight otherwise
+    for name, w in weights_of(model).items():   # w ⊙ mask for masked layers, the weight otherwise
         w = w.double()
         pos, neg = w[w > 0], w[w < 0]
         rows.append(dict(layer=name, c_plus=float(pos.mean()) if len(pos) else math.nan,
@@ -348,7 +349,7 @@ def asni_sweep(cfg: Mapping, # a filled ASNI preset
                rows: str | Sequence[str] | None = None, # default: cfg["rows"]
                seeds: Sequence[int] | None = None, # default: cfg["seeds"]
                variants: Sequence[str] = VARIANTS,
-               executor: str = "serial", # where the runs are computed (`runs.EXECUTORS`)
+               executor: str = "serial", # where the runs are computed (`core.EXECUTORS`)
                workers: int | None = None, # parallel (row, seed) units (`runs.sweep`)
                progress: bool = True,
               ) -> ASNISweep:

@@ -25,7 +25,9 @@ from .plots import COLORS, MARKERS, plot_methods
 from . import runs
 from .runs import STATS, run_counts
 from .sanity import sanity_check
-from .train import RECIPES, Recipe, Ticket, as_recipe, evaluate, finetune, fit_seconds, last_value, model_for
+from .recipes import as_recipe, Recipe, RECIPES
+from .train import evaluate, fit_seconds, last_value
+from .tickets import finetune, model_for, Ticket
 
 # %% auto #0
 __all__ = ['GEMS', 'METHODS', 'SANITY', 'LABELS', 'INVERSIONS', 'FOCUS', 'FIGURES', 'gems_network', 'GemsSweep', 'gems_sweep',
@@ -290,7 +292,7 @@ def gems_sweep(cfg: Mapping, # a filled GEMS preset: data, networks, models, see
                densities: float | Sequence[float] | None = None, # a subset of each network's densities (default: all)
                seeds: int | Sequence[int] | None = None, # default: cfg["seeds"]
                dense: bool = True, # also the dense reference (cold IMP's round 0)
-               executor: str = "serial", # where the grid's runs are computed (`runs.EXECUTORS`)
+               executor: str = "serial", # where the grid's runs are computed (`core.EXECUTORS`)
                workers: int | None = None, # parallel grid points (`runs.sweep`)
                progress: bool = True,
                inversion: str = "mining", # the score-inversion check: "mining" (the authors') or "post-hoc" (see above)

@@ -23,7 +23,8 @@ from .models import prunable_weights
 from .plots import COLORS, LINESTYLES, MARKERS, plot_methods
 from . import runs
 from .runs import STATS, run_counts
-from .train import Recipe, model_for
+from .recipes import Recipe
+from .tickets import model_for
 
 # %% auto #0
 __all__ = ['RTI', 'SETTING', 'VARIANT_NAMES', 'REINIT_SEED', 'RTI_FIGURES', 'Optima', 'repulsion_loss', 'Repulsion',
@@ -265,7 +266,7 @@ def _rti_unit(u: dict): _rti_chains(**u)
 def rti_sweep(cfg: Mapping, # a filled RTI preset (`check_rti`)
               settings: Sequence[Mapping], # from `setting`
               variants: Sequence[str] = VARIANT_NAMES, # "IMP" and/or "reinit"
-              executor: str = "serial", # where the chains are computed (`runs.EXECUTORS`)
+              executor: str = "serial", # where the chains are computed (`core.EXECUTORS`)
               workers: int | None = None, # parallel chains (`runs.sweep`)
               progress: bool = True,
              ) -> RTISweep:
