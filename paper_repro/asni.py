@@ -18,7 +18,6 @@ from tqdm import tqdm
 from .core import PRESETS
 from .masks import Mask, weights_of, apply_mask, get_mask, keep_count, magnitude, plain_state
 from .models import count_parameters, get_model, prunable_layers
-from .plots import COLORS, MARKERS
 from . import runs
 from .runs import STATS, Result, cached_run, run_counts, run_hash
 from .recipes import as_recipe, Recipe
@@ -391,8 +390,6 @@ ASNI_FIGURES = {"asni_table2": {},   # the figures show one run of `row` (as the
                 "asni_fig2": dict(seeds=[0], schedules=["imagenet-resnet50-80", "imagenet-resnet50-90"]),
                 "asni_fig3": dict(seeds=[0], bins=120), "asni_fig4": dict(seeds=[0], bins=60)}
 
-COLORS.update({"D": "#d62728", "A": "#1f77b4", "C": "#2ca02c", "S": "#ff7f0e", "init": "#ff7f0e"})  # the paper's Figures 2b and 3
-MARKERS.update({"D": "o", "A": "s", "C": "^", "S": "v"})
 
 def asni_preset(figure: str) -> dict:
     "The preset table (smoke/cpu/paper) of one of the ASNI notebooks: the sweep's knobs plus its own."
@@ -419,3 +416,4 @@ def check_asni_cfg(cfg: Mapping) -> dict:
     for n in {*cfg["rows"], cfg["row"]}:
         r = cfg["networks"][n]; check_asni(r["alpha"], r["beta"], r["gamma"])
     return cfg
+

@@ -21,7 +21,7 @@ from .edge_popup import edge_popup
 from .gem_miner import GEMS_OPTIONS, gem_miner
 from .imp import imp, round_recipe
 from .masks import Mask
-from .plots import COLORS, MARKERS, plot_methods
+from .plots import plot_methods
 from . import runs
 from .runs import STATS, run_counts
 from .sanity import sanity_check
@@ -320,13 +320,6 @@ def gems_sweep(cfg: Mapping, # a filled GEMS preset: data, networks, models, see
     cache = runs.gathered_counts(stats0, swept)
     cat = lambda parts: pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
     return GemsSweep(pd.DataFrame(out["rows"]), cat(out["layers"]), cat(out["curves"]), pd.DataFrame(out["dense"]), cache)
-
-# %% ../nbs/17_gems.ipynb #7199fbec
-COLORS.update({"GM": "#d62728", "IMP": "#1f77b4", "EP": "#2ca02c", "SR": "#9467bd", "GM shuffle": "#ff7f0e",
-               "GM reinit": "#8c564b", "GM invert": "#17becf", "IMP short-cold": "#7f7f7f", "IMP short-warm": "#bcbd22",
-               "IMP long-cold": "#e377c2"})
-MARKERS.update({"GM": "o", "IMP": "s", "EP": "^", "SR": "v", "GM shuffle": "P", "GM reinit": "X", "GM invert": "D",
-                "IMP short-cold": "<", "IMP short-warm": ">", "IMP long-cold": "h"})
 
 # %% ../nbs/17_gems.ipynb #4e165024
 def sparse_regime(targets) -> list[float]:

@@ -17,7 +17,6 @@ from .imp import lottery_sanity, reinitialised
 from .masks import Mask, keep_count, masked_layers, top_count
 from .models import as_generator
 from .core import PRESETS
-from .plots import COLORS, MARKERS
 from . import runs
 from .runs import STATS, run_counts
 from .recipes import Recipe
@@ -301,9 +300,6 @@ def check_lth(cfg: Mapping) -> dict:
         raise ValueError(f"lrs={cfg['lrs']!r}: give positive learning rates")
     return cfg
 
-COLORS.update({"LT-IMP": "#d62728", "RR-IMP": "#ff9896", "LT-OMP": "#1f77b4", "RR-OMP": "#aec7e8", "WR-IMP": "#9467bd",
-               "WR-OMP": "#17becf", "SD": "#7f7f7f"})
-MARKERS.update({"LT-IMP": "o", "RR-IMP": "X", "LT-OMP": "s", "RR-OMP": "P", "WR-IMP": "D", "WR-OMP": "^", "SD": "v", "dense": "*"})
 
 def lt_advantage(table: pd.DataFrame, # one network's rows (lth_sweep)
                  ticket: str = "LT-IMP", # minus its RR counterpart, or any other variant via `other`
@@ -315,3 +311,4 @@ def lt_advantage(table: pd.DataFrame, # one network's rows (lth_sweep)
     if ticket not in acc.index.get_level_values(0) or other not in acc.index.get_level_values(0):
         raise ValueError(f"the table lacks {ticket!r} or {other!r}: it has {sorted(set(acc.index.get_level_values(0)))}")
     return (acc[ticket] - acc[other]).dropna().groupby("lr").mean()
+

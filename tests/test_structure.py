@@ -57,3 +57,13 @@ def test_structure_report_runs():
     "The report's numbers (the [architecture] issue's targets are printed beside them)."
     r = structure.report()
     assert r["exported_cells"] > 100 and r["functions"] > 400 and r["median_cell_lines"] > 0
+
+
+def test_plot_looks_are_one_table_that_imports_do_not_change():
+    """plots.STYLES is the one table of colours, markers and line styles; importing the paper modules, in any order,
+    changes nothing in it (before, four modules `update`d shared dicts at import time)."""
+    code = ("import json, copy; from paper_repro import plots; before = copy.deepcopy(plots.STYLES); "
+            "import paper_repro.rti, paper_repro.gems, paper_repro.asni, paper_repro.sanity; "
+            "print(json.dumps(dict(same=before == plots.STYLES, names=sorted(n for n in vars(plots) if n.isupper()))))")
+    out = json.loads(subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout)
+    assert out["same"] and not {"COLORS", "MARKERS", "LINESTYLES"} & set(out["names"])
