@@ -46,7 +46,9 @@ import torch
 from paper_repro.core import interleaved, timing_summary
 from paper_repro.masks import apply_mask, get_mask, keep_masks, random_mask, to_masked
 from paper_repro.models import get_model
-from paper_repro.train import Recipe, make_optimizer, train_step
+from paper_repro.recipes import Recipe
+from paper_repro.optim import make_optimizer
+from paper_repro.train import train_step
 
 SETTINGS = [("lenet-300-100", dict(in_channels=1, input_size=28), 60),
             ("lenet-300-100", dict(in_channels=1, input_size=28), 512),

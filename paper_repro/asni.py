@@ -16,13 +16,13 @@ from torch import nn
 from tqdm import tqdm
 
 from .core import PRESETS
-from .masks import Mask, _weights_of, apply_mask, get_mask, keep_count, magnitude, plain_state
+from .masks import Mask, weights_of, apply_mask, get_mask, keep_count, magnitude, plain_state
 from .models import count_parameters, get_model, prunable_layers
-from .plots import COLORS, MARKERS
 from . import runs
 from .runs import STATS, Result, cached_run, run_counts, run_hash
-from .train import (Callback, FitState, Recipe, Ticket, as_recipe, check_model, finetune, fit, fit_seconds,
-                               last_value, model_for)
+from .recipes import as_recipe, Recipe
+from .train import Callback, fit, fit_seconds, FitState, last_value
+from .tickets import check_model, finetune, model_for, Ticket
 
 # %% auto #0
 __all__ = ['CACHE_VERSION', 'CONVENTIONS', 'VARIANTS', 'VARIANT_NAMES', 'ASNI_ROWS', 'ASNI', 'ASNI_FIGURES', 'check_asni',
@@ -101,7 +101,7 @@ def centroids(model: nn.Module, # a (masked) model: its effective prunable weigh
              ) -> pd.DataFrame:
     "Per prunable layer: c_plus and c_minus (means of the positive and of the negative surviving weights), their counts, size."
     rows = []
-    for name, w in _weights_of(model).items():   # w ⊙ mask for masked layers, the weight otherwise
+    for name, w in weights_of(model).items():   # w ⊙ mask for masked layers, the weight otherwise
         w = w.double()
         pos, neg = w[w > 0], w[w < 0]
         rows.append(dict(layer=name, c_plus=float(pos.mean()) if len(pos) else math.nan,
@@ -348,7 +348,7 @@ def asni_sweep(cfg: Mapping, # a filled ASNI preset
                rows: str | Sequence[str] | None = None, # default: cfg["rows"]
                seeds: Sequence[int] | None = None, # default: cfg["seeds"]
                variants: Sequence[str] = VARIANTS,
-               executor: str = "serial", # where the runs are computed (`runs.EXECUTORS`)
+               executor: str = "serial", # where the runs are computed (`core.EXECUTORS`)
                workers: int | None = None, # parallel (row, seed) units (`runs.sweep`)
                progress: bool = True,
               ) -> ASNISweep:
@@ -390,8 +390,6 @@ ASNI_FIGURES = {"asni_table2": {},   # the figures show one run of `row` (as the
                 "asni_fig2": dict(seeds=[0], schedules=["imagenet-resnet50-80", "imagenet-resnet50-90"]),
                 "asni_fig3": dict(seeds=[0], bins=120), "asni_fig4": dict(seeds=[0], bins=60)}
 
-COLORS.update({"D": "#d62728", "A": "#1f77b4", "C": "#2ca02c", "S": "#ff7f0e", "init": "#ff7f0e"})  # the paper's Figures 2b and 3
-MARKERS.update({"D": "o", "A": "s", "C": "^", "S": "v"})
 
 def asni_preset(figure: str) -> dict:
     "The preset table (smoke/cpu/paper) of one of the ASNI notebooks: the sweep's knobs plus its own."
@@ -418,3 +416,4 @@ def check_asni_cfg(cfg: Mapping) -> dict:
     for n in {*cfg["rows"], cfg["row"]}:
         r = cfg["networks"][n]; check_asni(r["alpha"], r["beta"], r["gamma"])
     return cfg
+

@@ -15,7 +15,7 @@ from torch import nn
 from .masks import Mask, check_density, keep_count, random_mask
 from .models import count_parameters, get_model, prunable_layers, prunable_weights
 from .runs import run_hash
-from .train import Ticket, check_model
+from .tickets import check_model, Ticket
 
 CACHE_VERSION = 1  # bump when smart_ratio_ticket changes the ticket a configuration gives
 

@@ -19,8 +19,10 @@ from torch.optim.swa_utils import update_bn
 
 from .core import get_device
 from .data import DataSplit, TensorLoader, load_dataset
-from .masks import Mask, _weights_of, to_plain
-from .train import Recipe, Ticket, _splits, evaluate, finetune
+from .masks import Mask, weights_of, to_plain
+from .recipes import Recipe
+from .train import as_splits, evaluate
+from .tickets import finetune, Ticket
 
 # %% auto #0
 __all__ = ['DISTANCES', 'BN_MODES', 'BARRIER_BASELINES', 'masked_vectors', 'angular_distance', 'cosine_distance',
@@ -32,7 +34,7 @@ def _is_seq(x) -> bool: return isinstance(x, (list, tuple))
 
 def _parts(x, what: str) -> tuple[str, dict[str, torch.Tensor]]:
     "('tensor' | 'list' | 'mapping', name -> tensor) for one input."
-    if isinstance(x, nn.Module): return "mapping", _weights_of(x)
+    if isinstance(x, nn.Module): return "mapping", weights_of(x)
     if isinstance(x, torch.Tensor): return "tensor", {"tensor": x}
     if isinstance(x, Mapping):
         bad = [k for k, v in x.items() if not isinstance(v, torch.Tensor)]
@@ -352,7 +354,7 @@ def linear_mode_instability(ticket: Ticket, # the mask and the (rewound) weights
         raise ValueError(f"seeds={seeds!r}: the two copies need different SGD noise (data order and augmentation); use two different seeds")
     if bn not in BN_MODES: raise ValueError(f"bn={bn!r}: use one of {', '.join(map(repr, BN_MODES))}")
     _alphas(alphas)
-    splits = _splits(data)
+    splits = as_splits(data)
     if "test" not in splits: raise ValueError(f"data has splits {sorted(splits)}: the path is evaluated on 'test'")
     if first is not None and not isinstance(first, nn.Module): raise ValueError(f"first={type(first).__name__}: give the trained network (an nn.Module)")
     runs = [(first, pd.DataFrame()) if first is not None and i == 0 else finetune(ticket, data, recipe, seed=s, cache=cache, progress=progress)

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import importlib
 import json
 import os
 import platform
@@ -24,14 +25,15 @@ import pandas as pd
 import torch
 
 # %% auto #0
-__all__ = ['DATA_ENV', 'OUTPUTS_ENV', 'EXPERIMENT_NOTEBOOK', 'RUN_FIRST', 'DEVICE_ENV', 'PRESETS', 'PRESET_ENV', 'RUN_KNOBS',
-           'CLAIM_KINDS', 'PAPERS', 'UNCLASSIFIED', 'CLAIM_COLUMNS', 'repo_root', 'data_dir', 'outputs_dir',
-           'experiment_dir', 'experiment_notebooks', 'save_json', 'DeviceUnavailableError', 'get_device',
-           'seed_everything', 'resolve_preset', 'fill_preset', 'watch_parameters', 'provenance', 'Timer', 'claim',
-           'paper_of', 'gather_claims', 'claims_totals', 'claims_markdown', 'interleaved', 'timing_summary']
+__all__ = ['DATA_ENV', 'OUTPUTS_ENV', 'EXPERIMENT_NOTEBOOK', 'RUN_FIRST', 'DEVICE_ENV', 'PRESETS', 'PRESET_ENV', 'EXECUTORS',
+           'EXTRAS', 'RUN_KNOBS', 'CLAIM_KINDS', 'PAPERS', 'UNCLASSIFIED', 'CLAIM_COLUMNS', 'repo_root', 'data_dir',
+           'outputs_dir', 'experiment_dir', 'experiment_notebooks', 'save_json', 'DeviceUnavailableError', 'get_device',
+           'seed_everything', 'resolve_preset', 'executor_module', 'check_executor', 'fill_preset', 'watch_parameters',
+           'provenance', 'Timer', 'claim', 'paper_of', 'gather_claims', 'claims_totals', 'claims_markdown',
+           'interleaved', 'timing_summary']
 
 # %% ../nbs/00_core.ipynb #fa678f17
-def _expect_error(f, exc, *contains):
+def expect_error(f, exc, *contains):
     "Call `f`, which must raise `exc`; every string in `contains` must appear in the message. Returns the message."
     try: f()
     except exc as e:
@@ -159,6 +161,23 @@ def resolve_preset(preset: str = "auto", # one of "auto", "smoke", "cpu", "paper
     return "paper" if get_device().type == "cuda" else "cpu"
 
 # %% ../nbs/00_core.ipynb #2f426889
+EXECUTORS = ("serial", "pool", "submitit", "ray")
+EXTRAS = {"submitit": "submitit", "ray": "ray"}  # executor -> the pip extra that installs it
+
+def executor_module(executor: str):
+    "Import the module behind `executor`, or say which extra installs it."
+    try: return importlib.import_module(EXTRAS[executor])
+    except ImportError as e:
+        raise ImportError(f"executor={executor!r} needs the {EXTRAS[executor]!r} package, which is not installed: "
+                          f"pip install -e '.[{EXTRAS[executor]}]' (or pip install {EXTRAS[executor]})") from e
+
+def check_executor(executor: str) -> str:
+    "`executor` if it is one of `EXECUTORS` (and its package is installed); else a clear error."
+    if executor not in EXECUTORS:
+        raise ValueError(f"executor={executor!r} is not known; use one of {', '.join(map(repr, EXECUTORS))}")
+    if executor in EXTRAS: executor_module(executor)
+    return executor
+
 RUN_KNOBS = {"executor": "serial", "workers": None}  # every notebook's: where its grid of runs is computed (`runs.sweep`)
 
 def fill_preset(table: Mapping[str, Mapping[str, Any]], # {"smoke": {...}, "cpu": {...}, "paper": {...}}
@@ -173,7 +192,6 @@ def fill_preset(table: Mapping[str, Mapping[str, Any]], # {"smoke": {...}, "cpu"
     unknown = sorted(set(given) - set(knobs))
     if unknown: raise ValueError(f"unknown parameter(s) {unknown}; this notebook's parameters are {sorted(knobs)}")
     knobs.update({k: v for k, v in given.items() if v is not None})
-    from paper_repro.runs import check_executor     # (runs builds on this module)
     check_executor(knobs["executor"])
     if name == "smoke": torch.set_num_threads(1)   # tiny networks: one thread is several times faster than two busy ones
     return {"preset": name, **knobs}

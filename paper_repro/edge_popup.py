@@ -15,18 +15,12 @@ from torch import nn
 from .masks import check_density, get_mask, masked_layers, plain_state, to_masked
 from .models import get_model
 from .runs import CHECKPOINT, cached_run
-from .train import RECIPES, Recipe, Ticket, as_recipe, check_model, fit, last_value
+from .recipes import as_recipe, Recipe, RECIPES
+from .train import fit, last_value
+from .tickets import check_model, Ticket
 
 # %% auto #0
 __all__ = ['CACHE_VERSION', 'SCORE_INITS', 'edge_popup']
-
-# %% ../nbs/11_edge_popup.ipynb #8597cc0d
-RECIPES["ep-resnet20"] = Recipe(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, schedule="cosine",
-                                epochs=150, batch_size=256, crop=4, flip=True, trains="scores")
-RECIPES["ep-resnet20-finetune"] = Recipe(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4, schedule="cosine",
-                                         epochs=150, batch_size=256, crop=4, flip=True, trains="weights")
-RECIPES["ep-cpu"] = Recipe(optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=5e-4, schedule="cosine",
-                           epochs=10, batch_size=64, trains="scores")
 
 # %% ../nbs/11_edge_popup.ipynb #0efa749f
 CACHE_VERSION = 1  # bump when edge_popup changes what a run computes

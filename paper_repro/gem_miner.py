@@ -18,14 +18,15 @@ from .data import load_dataset
 from .masks import Mask, check_density, get_mask, masked_layers, plain_state, to_masked, top_count
 from .models import get_model
 from .runs import CHECKPOINT, Result, cached_run
-from .train import (RECIPES, Callback, FitState, Recipe, Ticket, as_recipe, check_model, evaluate, finetune, fit,
-                               get_recipe, model_for)
+from .recipes import as_recipe, get_recipe, Recipe, RECIPES
+from .train import Callback, evaluate, fit, FitState
+from .tickets import check_model, finetune, model_for, Ticket
 
 CACHE_VERSION = 1
 
 # %% auto #0
-__all__ = ['CACHE_VERSION', 'EVENTS', 'REGULARIZERS', 'TABLE15', 'TABLE15_NESTEROV', 'GEMS_OPTIONS', 'FIG3', 'freezing_bound',
-           'freezing_events', 'freeze', 'score_regularizer', 'Miner', 'gem_miner']
+__all__ = ['CACHE_VERSION', 'EVENTS', 'REGULARIZERS', 'GEMS_OPTIONS', 'FIG3', 'freezing_bound', 'freezing_events', 'freeze',
+           'score_regularizer', 'Miner', 'gem_miner']
 
 # %% ../nbs/10_gem_miner.ipynb #10c97cb6
 EVENTS = ("paper", "official")
@@ -109,7 +110,7 @@ def gem_miner(model: Mapping, # get_model arguments, e.g. model_for("fashion-mni
               events: str = "paper", # "paper" or "official" freezing epochs (see above)
               unflag: bool = False, # the authors' code: the final mask is q alone
               invert: bool = False, # sanity check: freeze the largest scores (keep the smallest)
-              cache: bool = True, # through the run cache (`05_runs`)
+              cache: bool = True, # through the run cache (`07_runs`)
               progress: bool = True,
              ) -> Ticket:
     "Mine a sparse mask of the frozen network `model` with GEM-MINER(λ) (Algorithm 1); return it as a Ticket."
@@ -146,18 +147,6 @@ def gem_miner(model: Mapping, # get_model arguments, e.g. model_for("fashion-mni
     return Ticket.from_run(run)
 
 # %% ../nbs/10_gem_miner.ipynb #52c4d7fa
-TABLE15 = {  # Rare Gems Table 15: finetuning (epochs, batch, lr, milestones), SGD momentum 0.9, weight decay 1e-4
-    "resnet20": (150, 128, 0.01, (80, 120)), "resnet20-50%": (150, 128, 0.1, (80, 120)),
-    "mobilenet-v2": (300, 128, 0.1, (150, 250)), "vgg16-gems": (200, 128, 0.05, (100, 150)),
-    "wrn-28-2": (150, 128, 0.01, (80, 120)), "wrn-28-2-50%": (150, 128, 0.1, (80, 120)),
-    "resnet18-tiny-imagenet": (200, 256, 0.1, (100, 150)), "resnet50-tiny-imagenet": (150, 256, 0.1, (80, 120)),
-    "resnet50-caltech101": (50, 16, 1e-4, (20, 40)),
-}
-TABLE15_NESTEROV = ("resnet50-tiny-imagenet",)   # Table 13's note: "We also use nesterov momentum for finetuning"
-for _name, (_e, _b, _lr, _ms) in TABLE15.items():
-    RECIPES[f"gems-finetune-{_name}"] = Recipe(optimizer="sgd", lr=_lr, momentum=0.9, nesterov=_name in TABLE15_NESTEROV,
-                                               weight_decay=1e-4, schedule="multistep", milestones=_ms, epochs=_e,
-                                               batch_size=_b, crop=4, flip=True)
 GEMS_OPTIONS = dict(init="signed_constant", bias=False, affine_bn=False)  # the authors' builder (§1.1, §1.2)
 
 def _mine(lr, epochs, optimizer="sgd"):

@@ -21,11 +21,13 @@ from .edge_popup import edge_popup
 from .gem_miner import GEMS_OPTIONS, gem_miner
 from .imp import imp, round_recipe
 from .masks import Mask
-from .plots import COLORS, MARKERS, plot_methods
+from .plots import plot_methods
 from . import runs
 from .runs import STATS, run_counts
 from .sanity import sanity_check
-from .train import RECIPES, Recipe, Ticket, as_recipe, evaluate, finetune, fit_seconds, last_value, model_for
+from .recipes import as_recipe, Recipe, RECIPES
+from .train import evaluate, fit_seconds, last_value
+from .tickets import finetune, model_for, Ticket
 
 # %% auto #0
 __all__ = ['GEMS', 'METHODS', 'SANITY', 'LABELS', 'INVERSIONS', 'FOCUS', 'FIGURES', 'gems_network', 'GemsSweep', 'gems_sweep',
@@ -290,7 +292,7 @@ def gems_sweep(cfg: Mapping, # a filled GEMS preset: data, networks, models, see
                densities: float | Sequence[float] | None = None, # a subset of each network's densities (default: all)
                seeds: int | Sequence[int] | None = None, # default: cfg["seeds"]
                dense: bool = True, # also the dense reference (cold IMP's round 0)
-               executor: str = "serial", # where the grid's runs are computed (`runs.EXECUTORS`)
+               executor: str = "serial", # where the grid's runs are computed (`core.EXECUTORS`)
                workers: int | None = None, # parallel grid points (`runs.sweep`)
                progress: bool = True,
                inversion: str = "mining", # the score-inversion check: "mining" (the authors') or "post-hoc" (see above)
@@ -318,13 +320,6 @@ def gems_sweep(cfg: Mapping, # a filled GEMS preset: data, networks, models, see
     cache = runs.gathered_counts(stats0, swept)
     cat = lambda parts: pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
     return GemsSweep(pd.DataFrame(out["rows"]), cat(out["layers"]), cat(out["curves"]), pd.DataFrame(out["dense"]), cache)
-
-# %% ../nbs/17_gems.ipynb #7199fbec
-COLORS.update({"GM": "#d62728", "IMP": "#1f77b4", "EP": "#2ca02c", "SR": "#9467bd", "GM shuffle": "#ff7f0e",
-               "GM reinit": "#8c564b", "GM invert": "#17becf", "IMP short-cold": "#7f7f7f", "IMP short-warm": "#bcbd22",
-               "IMP long-cold": "#e377c2"})
-MARKERS.update({"GM": "o", "IMP": "s", "EP": "^", "SR": "v", "GM shuffle": "P", "GM reinit": "X", "GM invert": "D",
-                "IMP short-cold": "<", "IMP short-warm": ">", "IMP long-cold": "h"})
 
 # %% ../nbs/17_gems.ipynb #4e165024
 def sparse_regime(targets) -> list[float]:

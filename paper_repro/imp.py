@@ -21,8 +21,9 @@ from .data import DataSplit, load_dataset
 from .masks import Mask, apply_mask, check_density, keep_count, magnitude
 from .models import count_parameters, get_model, prunable_weights
 from .runs import CHECKPOINT, STATS, Result, Run, cached_run, run_counts, run_hash
-from .train import (RECIPES, Recipe, Snapshot, Ticket, _splits, as_recipe, check_model, evaluate, finetune, fit,
-                               fit_seconds, last_value)
+from .recipes import as_recipe, Recipe, RECIPES
+from .train import as_splits, evaluate, fit, fit_seconds, last_value, Snapshot
+from .tickets import check_model, finetune, Ticket
 
 # %% auto #0
 __all__ = ['CACHE_VERSION', 'VARIANTS', 'imp_rounds', 'imp_schedule', 'imp_counts', 'imp_prune', 'round_recipe', 'tail_recipe',
@@ -96,11 +97,6 @@ def round_recipe(recipe: Recipe | str | Mapping, # the long recipe
     if recipe.warmup > E:
         raise ValueError(f"epochs_per_round={E}: the recipe warms up over {recipe.warmup} epochs, longer than a round")
     return recipe.replace(epochs=E, milestones=tuple(m for m in recipe.milestones if m < E))
-
-RECIPES["imp-resnet20"] = Recipe(optimizer="sgd", lr=0.1, momentum=0.9, nesterov=False, weight_decay=1e-4,
-                                 schedule="multistep", milestones=(80, 120), gamma=0.1, epochs=160, batch_size=128,
-                                 crop=4, flip=True)
-RECIPES["imp-resnet20-short"] = round_recipe(RECIPES["imp-resnet20"], 8)
 
 # %% ../nbs/13_imp.ipynb #48336523
 def tail_recipe(recipe: Recipe | str | Mapping, # the whole T-epoch recipe
@@ -184,7 +180,7 @@ class IMPResult:
 # %% ../nbs/13_imp.ipynb #3d364850
 def _imp_splits(data, cache: bool) -> dict[str, DataSplit]:
     "fit's splits, which IMP needs with a test split (its per-round accuracy); splits given as tensors are not cacheable."
-    splits = _splits(data)
+    splits = as_splits(data)
     if "test" not in splits: raise ValueError(f"data has splits {sorted(splits)}: IMP needs 'train' and 'test'")
     if cache and not isinstance(data, str):
         raise ValueError("data given as splits cannot be cached (its key would be the tensors): pass cache=False, or a dataset name")

@@ -17,9 +17,9 @@ from torch import nn
 from .models import as_generator, kaiming_uniform, prunable_layers, prunable_weights
 
 # %% auto #0
-__all__ = ['RULES', 'check_density', 'keep_count', 'top_count', 'Mask', 'magnitude', 'random_mask', 'shuffle', 'MaskedLayer',
-           'MaskedConv2d', 'MaskedLinear', 'ScoredConv2d', 'ScoredLinear', 'to_masked', 'masked_layers', 'to_plain',
-           'plain_state', 'get_mask', 'apply_mask', 'fixed_masks', 'enforce_masks', 'keep_masks']
+__all__ = ['RULES', 'check_density', 'keep_count', 'top_count', 'weights_of', 'Mask', 'magnitude', 'random_mask', 'shuffle',
+           'MaskedLayer', 'MaskedConv2d', 'MaskedLinear', 'ScoredConv2d', 'ScoredLinear', 'to_masked', 'masked_layers',
+           'to_plain', 'plain_state', 'get_mask', 'apply_mask', 'fixed_masks', 'enforce_masks', 'keep_masks']
 
 # %% ../nbs/03_masks.ipynb #6859e41f
 def check_density(density, what: str = "density") -> float:
@@ -48,7 +48,7 @@ def top_count(values: torch.Tensor, k: int) -> torch.Tensor:
     return keep.view(values.shape)
 
 # %% ../nbs/03_masks.ipynb #de3a4ac7
-def _weights_of(source) -> dict[str, torch.Tensor]:
+def weights_of(source) -> dict[str, torch.Tensor]:
     "name -> weight tensor from a model (its prunable weights, effective masks applied) or a mapping."
     if isinstance(source, nn.Module):
         return {n: m.effective_weight() if hasattr(m, "effective_weight") else m.weight.detach()  # masked layers: w ⊙ mask
@@ -96,8 +96,8 @@ class Mask(Mapping):
         "Keep the non-zero weights of a model (its prunable weights minus `exclude`) or of a name -> tensor mapping."
         if isinstance(source, nn.Module):
             names = set(prunable_weights(source, exclude))
-            return cls({n: w != 0 for n, w in _weights_of(source).items() if n in names})
-        return cls({n: w != 0 for n, w in _weights_of(source).items()})
+            return cls({n: w != 0 for n, w in weights_of(source).items() if n in names})
+        return cls({n: w != 0 for n, w in weights_of(source).items()})
 
     def _check_same(self, other: "Mask"):
         if list(other) != list(self):
@@ -146,7 +146,7 @@ def magnitude(mask: Mask, # prune among the entries this mask keeps
               layerwise: bool = False, # rank within each tensor instead of across all
              ) -> Mask:
     "Keep the largest-magnitude remaining weights: exactly the target count, globally or in every layer."
-    w = _weights_of(weights); _check_match(mask, w)
+    w = weights_of(weights); _check_match(mask, w)
     score = {n: torch.where(mask[n].to(w[n].device), w[n].abs().float(), torch.tensor(-1.0, device=w[n].device)) for n in mask}
     if layerwise:
         return Mask({n: top_count(score[n], _target(int(mask[n].sum()), mask[n].numel(), density, fraction)) for n in mask})

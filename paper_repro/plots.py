@@ -5,6 +5,7 @@
 # %% ../nbs/19_plots.ipynb #5d442754
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -15,7 +16,7 @@ import seaborn as sns
 import torch
 
 # %% auto #0
-__all__ = ['COLORS', 'MARKERS', 'LINESTYLES', 'AXIS_LABELS', 'set_style', 'save_figure', 'density_axis', 'plot_methods',
+__all__ = ['STYLES', 'AXIS_LABELS', 'set_style', 'save_figure', 'density_axis', 'Palette', 'palette', 'plot_methods',
            'image_grid']
 
 # %% ../nbs/19_plots.ipynb #c8a1d1d8
@@ -44,10 +45,41 @@ def density_axis(ax: matplotlib.axes.Axes, axis: str = "x") -> matplotlib.axes.A
     else: ax.set_yscale("log"); ax.yaxis.set_major_formatter(fmt); ax.set_ylabel("weights remaining (%)")
     return ax
 
+# %% ../nbs/19_plots.ipynb #afa03915
+_DASHED = "--"
+STYLES: dict[str, dict[str, tuple[str, str, str]]] = {   # paper -> method -> (colour, marker, line style)
+    "common": {"dense": ("0.35", "o", "-")},
+    "gems": {"GM": ("#d62728", "o", "-"), "IMP": ("#1f77b4", "s", "-"), "EP": ("#2ca02c", "^", "-"), "SR": ("#9467bd", "v", "-"),
+             "GM shuffle": ("#ff7f0e", "P", "-"), "GM reinit": ("#8c564b", "X", "-"), "GM invert": ("#17becf", "D", "-"),
+             "IMP short-cold": ("#7f7f7f", "<", "-"), "IMP short-warm": ("#bcbd22", ">", "-"), "IMP long-cold": ("#e377c2", "h", "-"), "dense": ("0.35", "*", "-")},
+    "rti": {"IMP": ("#1f77b4", "o", "-"), "reinit": ("#1f77b4", "o", _DASHED), "IMP + warm-up": ("#ff7f0e", "s", "-"),
+            "reinit + warm-up": ("#ff7f0e", "s", _DASHED), "repellent IMP": ("#2ca02c", "^", "-"),
+            "repellent reinit": ("#2ca02c", "^", _DASHED), "attractive IMP": ("#d62728", "v", "-"),
+            "attractive reinit": ("#d62728", "v", _DASHED)},
+    "sanity": {"LT-IMP": ("#d62728", "o", "-"), "RR-IMP": ("#ff9896", "X", "-"), "LT-OMP": ("#1f77b4", "s", "-"),
+               "RR-OMP": ("#aec7e8", "P", "-"), "WR-IMP": ("#9467bd", "D", "-"), "WR-OMP": ("#17becf", "^", "-"),
+               "SD": ("#7f7f7f", "v", "-"), "dense": ("0.35", "*", "-")},   # Ma et al. draw the dense network as a point
+    "asni": {"D": ("#d62728", "o", "-"), "A": ("#1f77b4", "s", "-"), "C": ("#2ca02c", "^", "-"), "S": ("#ff7f0e", "v", "-"),
+             "init": ("#ff7f0e", "o", "-")},   # the paper's Figures 2b and 3
+}
+
+@dataclass
+class Palette:
+    "One paper's looks: method -> colour, marker, line style (a copy of `STYLES`; add a figure's own entries freely)."
+    colors: dict[str, str] = field(default_factory=dict)
+    markers: dict[str, str] = field(default_factory=dict)
+    linestyles: dict[str, str] = field(default_factory=dict)
+
+def palette(paper: str | None = None, # a key of STYLES ("gems", "rti", "sanity", "asni"); None: the common entries only
+           ) -> Palette:
+    "A fresh copy of `paper`'s looks, with the common ones (`dense`)."
+    if paper is not None and (paper not in STYLES or paper == "common"):
+        raise ValueError(f"paper={paper!r}: use one of {', '.join(repr(k) for k in STYLES if k != 'common')} (or None)")
+    table = {**STYLES["common"], **(STYLES[paper] if paper else {})}
+    return Palette({m: c for m, (c, _, _) in table.items()}, {m: k for m, (_, k, _) in table.items()},
+                   {m: ls for m, (_, _, ls) in table.items() if ls != "-"})
+
 # %% ../nbs/19_plots.ipynb #a382541f
-COLORS: dict[str, str] = {"dense": "0.35"}
-MARKERS: dict[str, str] = {}
-LINESTYLES: dict[str, str] = {}   # method -> matplotlib linestyle (default solid): e.g. a control drawn dashed
 AXIS_LABELS: dict[str, str] = {"lr": "learning rate", "p": "p (top fraction compared)"}
 
 def plot_methods(ax: matplotlib.axes.Axes, # a matplotlib axis
@@ -60,8 +92,10 @@ def plot_methods(ax: matplotlib.axes.Axes, # a matplotlib axis
                  x: str = "density", # "density" (log axis in percent) or a numeric column such as "lr" (log axis)
                  percent: bool = True, # draw the metric ×100 (accuracies)
                  tick_every: int = 1, # label every n-th of the grid's x values (many IMP rounds crowd the axis)
+                 style: Palette | str | None = None, # the looks: a `Palette`, or a paper's name for `palette(paper)`
                 ) -> matplotlib.axes.Axes:
     "One line per method (mean ± sd over seeds) against density or `x`, the dense network as a line."
+    style = style if isinstance(style, Palette) else palette(style)
     scale = (1/dense if relative else (100 if percent else 1)) if dense else (100 if percent else 1)
     key = "target" if x == "density" else x
     for m in methods:
@@ -69,10 +103,10 @@ def plot_methods(ax: matplotlib.axes.Axes, # a matplotlib axis
         if rows.empty: continue
         g = rows.groupby(key)[metric].agg(["mean", "std"])
         xs = rows.groupby(key)["density"].mean() if x == "density" else g.index.to_series()
-        ax.errorbar(xs.to_numpy(), scale*g["mean"].to_numpy(), yerr=scale*g["std"].fillna(0).to_numpy(), color=COLORS.get(m),
-                    marker=MARKERS.get(m, "o"), ls=LINESTYLES.get(m, "-"), ms=5, lw=1.5, capsize=2, label=(labels or {}).get(m, m))
+        ax.errorbar(xs.to_numpy(), scale*g["mean"].to_numpy(), yerr=scale*g["std"].fillna(0).to_numpy(), color=style.colors.get(m),
+                    marker=style.markers.get(m, "o"), ls=style.linestyles.get(m, "-"), ms=5, lw=1.5, capsize=2, label=(labels or {}).get(m, m))
     if dense is not None:
-        ax.axhline(1.0 if relative else scale*dense, color=COLORS["dense"], ls="--", lw=1, label="dense")
+        ax.axhline(1.0 if relative else scale*dense, color=style.colors["dense"], ls="--", lw=1, label="dense")
     if x == "density":
         density_axis(ax)
         ax.set_xticks(sorted(summary.target.unique(), reverse=True)[::tick_every])  # the grid's densities, the densest first

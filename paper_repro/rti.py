@@ -20,10 +20,11 @@ from .core import PRESETS
 from .imp import IMPResult, imp, imp_rounds
 from .masks import Mask, keep_count
 from .models import prunable_weights
-from .plots import COLORS, LINESTYLES, MARKERS, plot_methods
+from .plots import plot_methods
 from . import runs
 from .runs import STATS, run_counts
-from .train import Recipe, model_for
+from .recipes import Recipe
+from .tickets import model_for
 
 # %% auto #0
 __all__ = ['RTI', 'SETTING', 'VARIANT_NAMES', 'REINIT_SEED', 'RTI_FIGURES', 'Optima', 'repulsion_loss', 'Repulsion',
@@ -265,7 +266,7 @@ def _rti_unit(u: dict): _rti_chains(**u)
 def rti_sweep(cfg: Mapping, # a filled RTI preset (`check_rti`)
               settings: Sequence[Mapping], # from `setting`
               variants: Sequence[str] = VARIANT_NAMES, # "IMP" and/or "reinit"
-              executor: str = "serial", # where the chains are computed (`runs.EXECUTORS`)
+              executor: str = "serial", # where the chains are computed (`core.EXECUTORS`)
               workers: int | None = None, # parallel chains (`runs.sweep`)
               progress: bool = True,
              ) -> RTISweep:
@@ -306,7 +307,7 @@ def plot_by_batch(table: pd.DataFrame, # rti_sweep's table (or rows of it)
     "One panel per batch size: `metric` of each method against the weights remaining (mean ± sd over seeds)."
     fig, axes = plt.subplots(1, len(batch_sizes), figsize=(3.3*len(batch_sizes), 3.2), sharey=True, squeeze=False)
     for ax, b in zip(axes[0], batch_sizes):
-        plot_methods(ax, table[table.batch_size == b], metric, methods, percent=percent, tick_every=3)
+        plot_methods(ax, table[table.batch_size == b], metric, methods, percent=percent, tick_every=3, style="rti")
         ax.set_title(f"batch size {b}"); ax.set_ylabel("")
     axes[0, 0].set_ylabel(ylabel or ("test accuracy (%)" if percent else metric))
     max(axes[0], key=lambda ax: len(ax.get_legend_handles_labels()[0])).legend(fontsize=7)   # the panel that has every method
@@ -349,8 +350,3 @@ def batch_settings(cfg: Mapping, # a checked RTI preset
         out += [setting(b, warmup=cfg["warmup"]) for b in wb]
     return out
 
-COLORS.update({"IMP": "#1f77b4", "reinit": "#1f77b4", "IMP + warm-up": "#ff7f0e", "reinit + warm-up": "#ff7f0e",
-               "repellent IMP": "#2ca02c", "repellent reinit": "#2ca02c", "attractive IMP": "#d62728", "attractive reinit": "#d62728"})
-LINESTYLES.update({m: "--" for m in COLORS if m.startswith("reinit") or m.endswith("reinit")})
-MARKERS.update({"IMP": "o", "reinit": "o", "IMP + warm-up": "s", "reinit + warm-up": "s", "repellent IMP": "^",
-                "repellent reinit": "^", "attractive IMP": "v", "attractive reinit": "v"})

@@ -17,10 +17,11 @@ from .imp import lottery_sanity, reinitialised
 from .masks import Mask, keep_count, masked_layers, top_count
 from .models import as_generator
 from .core import PRESETS
-from .plots import COLORS, MARKERS
 from . import runs
 from .runs import STATS, run_counts
-from .train import Recipe, Ticket, evaluate, finetune, last_value, model_for
+from .recipes import Recipe
+from .train import evaluate, last_value
+from .tickets import finetune, model_for, Ticket
 
 # %% auto #0
 __all__ = ['CHECKS', 'JACKPOT_MODES', 'LTH', 'LTH_FIGURES', 'shuffle_check', 'reinit_check', 'invert_check', 'sanity_check',
@@ -199,24 +200,24 @@ def _step(epochs, milestones, batch_size, lr=0.1, crop=0, flip=False, weight_dec
     return Recipe(optimizer="sgd", lr=lr, momentum=0.9, weight_decay=weight_decay, schedule="multistep", milestones=tuple(milestones),
                   gamma=0.1, epochs=epochs, batch_size=batch_size, crop=crop, flip=flip).to_dict()
 
-def _lth_network(model, recipe, levels, focus, exclude=(), options=None) -> dict:
+def _lth_preset(model, recipe, levels, focus, exclude=(), options=None) -> dict:
     return dict(model=model, recipe=recipe, levels=list(levels), focus=list(focus), exclude=list(exclude), options=dict(options or {}))
 
 _E1 = _step(160, (80, 120), 64, crop=4, flip=True)          # Table E.1, CIFAR-10/100
 _PAPER_LEVELS = [0.8**r for r in range(1, 15)]
 _PAPER_FOCUS = [0.8**4, 0.8**7, 0.8**11, 0.8**14]           # sparsity 0.59, 0.79, 0.914, 0.956
 LTH = {
-    "paper": dict(data="cifar10", networks={m: _lth_network(m, _E1, _PAPER_LEVELS, _PAPER_FOCUS, exclude=("first", "last"))
+    "paper": dict(data="cifar10", networks={m: _lth_preset(m, _E1, _PAPER_LEVELS, _PAPER_FOCUS, exclude=("first", "last"))
                                             for m in ("resnet20", "resnet32", "mobilenet-v1", "resnet18")},
                   models=["resnet20"], lrs=[0.005, 0.01, 0.1], rewind_epoch=8, seed=0, rr_seed=None, ps=[0.05, 0.1, 0.2, 0.3, 0.5]),
     "cpu": dict(data="fashion-mnist", networks={
-                    "lenet-300-100": _lth_network("lenet-300-100", _step(6, (3, 5), 128), [0.64, 0.41, 0.21, 0.086, 0.044],
+                    "lenet-300-100": _lth_preset("lenet-300-100", _step(6, (3, 5), 128), [0.64, 0.41, 0.21, 0.086, 0.044],
                                                   [0.41, 0.21, 0.086, 0.044]),
-                    "small-cnn": _lth_network("small-cnn", _step(6, (3, 5), 128), [0.41, 0.21, 0.086], [0.41, 0.21, 0.086])},
+                    "small-cnn": _lth_preset("small-cnn", _step(6, (3, 5), 128), [0.41, 0.21, 0.086], [0.41, 0.21, 0.086])},
                 models=["lenet-300-100", "small-cnn"], lrs=[0.005, 0.01, 0.1], rewind_epoch=1, seed=0, rr_seed=None,
                 ps=[0.05, 0.1, 0.2, 0.3, 0.5]),
     "smoke": dict(data="digits", networks={
-                    "lenet-300-100": _lth_network("lenet-300-100", _step(2, (1,), 64), [0.64, 0.41], [0.64, 0.41])},
+                    "lenet-300-100": _lth_preset("lenet-300-100", _step(2, (1,), 64), [0.64, 0.41], [0.64, 0.41])},
                   models=["lenet-300-100"], lrs=[0.005, 0.01, 0.1], rewind_epoch=1, seed=0, rr_seed=None, ps=[0.1, 0.5]),
 }
 
@@ -251,7 +252,7 @@ def lth_sweep(cfg: Mapping, # a filled LTH preset
               densities: str | Sequence[float] = "levels", # "levels", "focus", or densities
               models: str | Sequence[str] | None = None, # default: cfg["models"]
               lrs: float | Sequence[float] | None = None, # default: cfg["lrs"]
-              executor: str = "serial", # where the runs are computed (`runs.EXECUTORS`)
+              executor: str = "serial", # where the runs are computed (`core.EXECUTORS`)
               workers: int | None = None, # parallel (network, learning rate) units (`runs.sweep`)
               progress: bool = True,
              ) -> LTHSweep:
@@ -299,9 +300,6 @@ def check_lth(cfg: Mapping) -> dict:
         raise ValueError(f"lrs={cfg['lrs']!r}: give positive learning rates")
     return cfg
 
-COLORS.update({"LT-IMP": "#d62728", "RR-IMP": "#ff9896", "LT-OMP": "#1f77b4", "RR-OMP": "#aec7e8", "WR-IMP": "#9467bd",
-               "WR-OMP": "#17becf", "SD": "#7f7f7f"})
-MARKERS.update({"LT-IMP": "o", "RR-IMP": "X", "LT-OMP": "s", "RR-OMP": "P", "WR-IMP": "D", "WR-OMP": "^", "SD": "v", "dense": "*"})
 
 def lt_advantage(table: pd.DataFrame, # one network's rows (lth_sweep)
                  ticket: str = "LT-IMP", # minus its RR counterpart, or any other variant via `other`
@@ -313,3 +311,4 @@ def lt_advantage(table: pd.DataFrame, # one network's rows (lth_sweep)
     if ticket not in acc.index.get_level_values(0) or other not in acc.index.get_level_values(0):
         raise ValueError(f"the table lacks {ticket!r} or {other!r}: it has {sorted(set(acc.index.get_level_values(0)))}")
     return (acc[ticket] - acc[other]).dropna().groupby("lr").mean()
+

@@ -157,4 +157,27 @@ def paper(tmp_path_factory, request) -> tuple[Notebooks, dict]:
     """A paper's notebooks, sharing one outputs folder (and run cache) for the whole test module, after the module's
     `FIRST` notebook (the one that computes the runs the others read) has run at smoke: (notebooks, its provenance)."""
     nbs = Notebooks(tmp_path_factory.mktemp(Path(request.module.__file__).stem))
-    return nbs, nbs.run(request.module.FIRST, preset="smoke")
+    first = nbs.run(request.module.FIRST, preset="smoke")
+    nbs.first_runs = sorted(p.name for p in (nbs.root / "runs").iterdir())   # for check_pinned_runs
+    return nbs, first
+
+
+PINNED_RUNS = ROOT / "tests" / "pinned_runs.json"
+PIN_ENV = "PAPER_REPRO_PIN"   # =write: record the current run names instead of checking them
+
+
+def check_pinned_runs(notebook: str, runs: list[str]):
+    """The run folders (`<kind>-<hash>`) that `notebook` creates at smoke are the ones pinned in tests/pinned_runs.json,
+    as open_lth pins its hashnames: a change that alters a run's cache key (its config, its kind, the engine's or an
+    algorithm's CACHE_VERSION) fails here, loudly, instead of silently recomputing every cached run. When the change
+    is meant, say why in the notebook, rerun the affected references, and rewrite the pins:
+    `PAPER_REPRO_PIN=write pytest tests/test_notebooks*.py -k pinned`."""
+    pins = json.loads(PINNED_RUNS.read_text()) if PINNED_RUNS.exists() else {}
+    if os.environ.get(PIN_ENV) == "write":
+        pins[notebook] = runs
+        PINNED_RUNS.write_text(json.dumps(dict(sorted(pins.items())), indent=1) + "\n")
+        return
+    assert notebook in pins, f"no pinned runs for {notebook}: {PIN_ENV}=write records them"
+    gone, new = sorted(set(pins[notebook]) - set(runs)), sorted(set(runs) - set(pins[notebook]))
+    assert not gone and not new, (f"{notebook}'s run cache keys changed: {len(gone)} pinned runs no longer made, {len(new)} new "
+                                  f"(first few: gone {gone[:3]}, new {new[:3]}); if meant, see check_pinned_runs")

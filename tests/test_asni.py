@@ -13,7 +13,9 @@ from paper_repro.core import fill_preset
 from paper_repro.data import load_dataset
 from paper_repro.masks import Mask, apply_mask, get_mask, masked_layers
 from paper_repro.models import count_parameters, get_model, prunable_layers
-from paper_repro.train import Callback, Recipe, fit, model_for
+from paper_repro.recipes import Recipe
+from paper_repro.train import Callback, fit
+from paper_repro.tickets import model_for
 
 
 @pytest.fixture(scope="module")

@@ -15,12 +15,14 @@ import torch
 from paper_repro.connectivity import (BARRIER_BASELINES, BN_MODES, DISTANCES, Instability, angular_distance, cosine_distance,
                                       distance_matrix, error_barrier, euclidean_distance, get_distance, instability,
                                       interpolate, interpolated, linear_mode_instability, masked_vectors)
-from paper_repro.core import _expect_error
+from paper_repro.core import expect_error
 from paper_repro.data import TensorLoader, load_dataset
 from paper_repro.masks import Mask, apply_mask, get_mask, random_mask
 from paper_repro.models import get_model, prunable_weights
 from paper_repro.runs import STATS
-from paper_repro.train import Recipe, Ticket, evaluate, fit, last_value, model_for
+from paper_repro.recipes import Recipe
+from paper_repro.train import evaluate, fit, last_value
+from paper_repro.tickets import model_for, Ticket
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -129,23 +131,23 @@ def test_outside_the_intersection_does_not_matter(name):
 
 
 def test_distance_bad_input():
-    _expect_error(lambda: angular_distance(E1, torch.zeros(3)), ValueError, "shapes differ", "(4,)", "(3,)")
-    _expect_error(lambda: angular_distance({"w": E1}, {"w": E1.view(2, 2)}), ValueError, "w: shapes differ", "(2, 2)")
-    _expect_error(lambda: angular_distance({"w": E1}, {"v": E1}), ValueError, "only in a: ['w']", "only in b: ['v']")
-    _expect_error(lambda: angular_distance([E1], [E1, E2]), ValueError, "a has 1 tensors but b has 2")
-    _expect_error(lambda: angular_distance(E1, [E1]), ValueError, "a is a tensor but b is a list")
-    _expect_error(lambda: angular_distance(E1, E2, torch.ones(3, dtype=torch.bool)), ValueError, "mask's shape (3,)", "(4,)")
-    _expect_error(lambda: angular_distance({"w": E1}, {"w": E2}, {"v": torch.ones(4)}), ValueError, "mask tensor 'v'")
-    _expect_error(lambda: angular_distance({"w": E1}, {"w": E2}, ({"w": E1 > 0}, {"v": E1 > 0})), ValueError, "different tensors")
-    _expect_error(lambda: angular_distance(E1, E2, {"w": E1}), ValueError, "does not fit inputs of the form 'tensor'")
-    _expect_error(lambda: angular_distance(E1, E2, (E1 > 0, E2 > 0, E1 > 0)), ValueError, "two entries, not 3")
-    _expect_error(lambda: angular_distance(E1, E2, torch.tensor([0.5, 1, 1, 1])), ValueError, "values other than 0 and 1")
-    _expect_error(lambda: angular_distance(E1, E2, (E1 > 0, E2 > 0)), ValueError, "no entry to compare")
-    _expect_error(lambda: angular_distance(E1, 0*E2), ValueError, "b is zero")
-    _expect_error(lambda: cosine_distance(0*E1, E2), ValueError, "a is zero")
-    _expect_error(lambda: angular_distance(E1, E2*float("nan")), ValueError, "inf or nan")
-    _expect_error(lambda: angular_distance("w", E1), ValueError, "a=str")
-    _expect_error(lambda: get_distance("manhattan"), ValueError, "distance='manhattan'", "'angular', 'cosine', 'euclidean'")
+    expect_error(lambda: angular_distance(E1, torch.zeros(3)), ValueError, "shapes differ", "(4,)", "(3,)")
+    expect_error(lambda: angular_distance({"w": E1}, {"w": E1.view(2, 2)}), ValueError, "w: shapes differ", "(2, 2)")
+    expect_error(lambda: angular_distance({"w": E1}, {"v": E1}), ValueError, "only in a: ['w']", "only in b: ['v']")
+    expect_error(lambda: angular_distance([E1], [E1, E2]), ValueError, "a has 1 tensors but b has 2")
+    expect_error(lambda: angular_distance(E1, [E1]), ValueError, "a is a tensor but b is a list")
+    expect_error(lambda: angular_distance(E1, E2, torch.ones(3, dtype=torch.bool)), ValueError, "mask's shape (3,)", "(4,)")
+    expect_error(lambda: angular_distance({"w": E1}, {"w": E2}, {"v": torch.ones(4)}), ValueError, "mask tensor 'v'")
+    expect_error(lambda: angular_distance({"w": E1}, {"w": E2}, ({"w": E1 > 0}, {"v": E1 > 0})), ValueError, "different tensors")
+    expect_error(lambda: angular_distance(E1, E2, {"w": E1}), ValueError, "does not fit inputs of the form 'tensor'")
+    expect_error(lambda: angular_distance(E1, E2, (E1 > 0, E2 > 0, E1 > 0)), ValueError, "two entries, not 3")
+    expect_error(lambda: angular_distance(E1, E2, torch.tensor([0.5, 1, 1, 1])), ValueError, "values other than 0 and 1")
+    expect_error(lambda: angular_distance(E1, E2, (E1 > 0, E2 > 0)), ValueError, "no entry to compare")
+    expect_error(lambda: angular_distance(E1, 0*E2), ValueError, "b is zero")
+    expect_error(lambda: cosine_distance(0*E1, E2), ValueError, "a is zero")
+    expect_error(lambda: angular_distance(E1, E2*float("nan")), ValueError, "inf or nan")
+    expect_error(lambda: angular_distance("w", E1), ValueError, "a=str")
+    expect_error(lambda: get_distance("manhattan"), ValueError, "distance='manhattan'", "'angular', 'cosine', 'euclidean'")
 
 
 # ---------------------------------------------------------------- distance matrices
@@ -185,14 +187,14 @@ def test_distance_matrix(fake_imp, name):
 
 def test_distance_matrix_bad_input(fake_imp):
     rounds, init = fake_imp
-    _expect_error(lambda: distance_matrix(rounds, distance="l1"), ValueError, "distance='l1'", "'angular', 'cosine', 'euclidean'")
-    _expect_error(lambda: distance_matrix(rounds, labels=[1, 2]), ValueError, "give 4 distinct labels")
-    _expect_error(lambda: distance_matrix(rounds, init=init, labels=[0, 1, 2, "init"]), ValueError, "other than 'init'")
-    _expect_error(lambda: distance_matrix([rounds[0], (rounds[1][0], {"l1.weight": rounds[1][1]["l1.weight"]})]), ValueError,
+    expect_error(lambda: distance_matrix(rounds, distance="l1"), ValueError, "distance='l1'", "'angular', 'cosine', 'euclidean'")
+    expect_error(lambda: distance_matrix(rounds, labels=[1, 2]), ValueError, "give 4 distinct labels")
+    expect_error(lambda: distance_matrix(rounds, init=init, labels=[0, 1, 2, "init"]), ValueError, "other than 'init'")
+    expect_error(lambda: distance_matrix([rounds[0], (rounds[1][0], {"l1.weight": rounds[1][1]["l1.weight"]})]), ValueError,
                   "rounds[1]'s mask does not match")
-    _expect_error(lambda: distance_matrix(rounds, init={"l1.weight": torch.zeros(3)}), ValueError, "init:")
-    _expect_error(lambda: distance_matrix([]), ValueError, "rounds is empty")
-    _expect_error(lambda: distance_matrix([rounds[0][0]]), ValueError, "rounds[0]", "(weights, mask) pair")
+    expect_error(lambda: distance_matrix(rounds, init={"l1.weight": torch.zeros(3)}), ValueError, "init:")
+    expect_error(lambda: distance_matrix([]), ValueError, "rounds is empty")
+    expect_error(lambda: distance_matrix([rounds[0][0]]), ValueError, "rounds[0]", "(weights, mask) pair")
 
 
 # ---------------------------------------------------------------- the linear path
@@ -252,7 +254,7 @@ def test_batchnorm_path(resnets, digits, bn):
 
 def test_recompute_needs_train_data(resnets, digits):
     a, b = resnets
-    _expect_error(lambda: interpolate(a, b, digits["test"]), ValueError, "BatchNorm", "train=", "bn='interpolate'")
+    expect_error(lambda: interpolate(a, b, digits["test"]), ValueError, "BatchNorm", "train=", "bn='interpolate'")
     few = interpolate(a, b, digits["test"], alphas=[0, 0.5, 1], train=digits["train"], bn_batches=1, batch_size=256)
     assert len(few) == 3                                                        # one batch of 256 for the statistics
 
@@ -274,17 +276,17 @@ def test_masked_pair(lenets, digits):
 def test_interpolate_bad_input(lenets, resnets, digits):
     a, b = lenets
     test = digits["test"]
-    _expect_error(lambda: interpolate(a, b, test, alphas=[0, 0.5, 1.2]), ValueError, "[1.2] outside [0, 1]")
-    _expect_error(lambda: interpolate(a, b, test, alphas=[-0.1, 1]), ValueError, "[-0.1] outside [0, 1]")
-    _expect_error(lambda: interpolate(a, b, test, alphas=1), ValueError, "alphas=1", ">= 2")
-    _expect_error(lambda: interpolate(a, b, test, alphas="all"), ValueError, "alphas='all'")
-    _expect_error(lambda: interpolate(a, b, test, bn="average"), ValueError, "bn='average'", "'recompute', 'interpolate'")
-    _expect_error(lambda: interpolate(a, resnets[0], test), ValueError, "MLP", "ResNet")
+    expect_error(lambda: interpolate(a, b, test, alphas=[0, 0.5, 1.2]), ValueError, "[1.2] outside [0, 1]")
+    expect_error(lambda: interpolate(a, b, test, alphas=[-0.1, 1]), ValueError, "[-0.1] outside [0, 1]")
+    expect_error(lambda: interpolate(a, b, test, alphas=1), ValueError, "alphas=1", ">= 2")
+    expect_error(lambda: interpolate(a, b, test, alphas="all"), ValueError, "alphas='all'")
+    expect_error(lambda: interpolate(a, b, test, bn="average"), ValueError, "bn='average'", "'recompute', 'interpolate'")
+    expect_error(lambda: interpolate(a, resnets[0], test), ValueError, "MLP", "ResNet")
     wide = get_model(**model_for("digits", "lenet-300-100", width=0.5, seed=0))
-    _expect_error(lambda: interpolate(a, wide, test), ValueError, "hidden.0.weight: shapes differ", "(300, 64)", "(150, 64)")
-    _expect_error(lambda: interpolate(a, b, test, bn_batches=0), ValueError, "bn_batches=0")
-    _expect_error(lambda: interpolate(a, b, digits), ValueError, "data=dict")
-    _expect_error(lambda: interpolated(a, b, 1.5), ValueError, "[1.5] outside [0, 1]")
+    expect_error(lambda: interpolate(a, wide, test), ValueError, "hidden.0.weight: shapes differ", "(300, 64)", "(150, 64)")
+    expect_error(lambda: interpolate(a, b, test, bn_batches=0), ValueError, "bn_batches=0")
+    expect_error(lambda: interpolate(a, b, digits), ValueError, "data=dict")
+    expect_error(lambda: interpolated(a, b, 1.5), ValueError, "[1.5] outside [0, 1]")
 
 
 # ---------------------------------------------------------------- barriers
@@ -299,7 +301,7 @@ def test_error_barrier_is_over_the_mean_endpoint_error():
     assert error_barrier(p, baseline="max") == pytest.approx(0.10, abs=1e-15)
     assert BARRIER_BASELINES == ("mean", "max")
     for bad in ("worst", "Mean", None, 0):
-        _expect_error(lambda: error_barrier(p, baseline=bad), ValueError, f"baseline={bad!r}", "'mean', 'max'")
+        expect_error(lambda: error_barrier(p, baseline=bad), ValueError, f"baseline={bad!r}", "'mean', 'max'")
 
 
 def test_barrier_and_instability():
@@ -310,10 +312,10 @@ def test_barrier_and_instability():
     assert error_barrier(flat) == pytest.approx(0.05, abs=1e-15) and error_barrier(flat, "max") == 0.0
     same = pd.DataFrame(dict(alpha=[0, 0.5, 1], error=[0.2, 0.35, 0.2]))      # equal endpoints: the baselines agree
     assert error_barrier(same) == error_barrier(same, "max") == pytest.approx(0.15, abs=1e-15)
-    _expect_error(lambda: error_barrier(p.iloc[:3]), ValueError, "no row at alpha=1")
-    _expect_error(lambda: instability(p.iloc[1:]), ValueError, "no row at alpha=0")
-    _expect_error(lambda: error_barrier(p[["alpha"]]), ValueError, "columns alpha, error")
-    _expect_error(lambda: error_barrier([0.1, 0.2]), ValueError, "path=list")
+    expect_error(lambda: error_barrier(p.iloc[:3]), ValueError, "no row at alpha=1")
+    expect_error(lambda: instability(p.iloc[1:]), ValueError, "no row at alpha=0")
+    expect_error(lambda: error_barrier(p[["alpha"]]), ValueError, "columns alpha, error")
+    expect_error(lambda: error_barrier([0.1, 0.2]), ValueError, "path=list")
 
 
 def test_linear_mode_instability(tmp_outputs, digits):
@@ -326,7 +328,7 @@ def test_linear_mode_instability(tmp_outputs, digits):
     assert r.instability == instability(r.path) and r.error_barrier == error_barrier(r.path)
     assert r.error_barrier == r.instability and r.error_barrier_max == error_barrier(r.path, "max")
     assert 0 <= r.error_barrier_max <= r.instability and r.seeds == (0, 1)
-    _expect_error(lambda: Instability(0.05, 0.03, 0.0, r.path, r.acc, r.seeds), ValueError, "error_barrier=0.03", "instability=0.05")
+    expect_error(lambda: Instability(0.05, 0.03, 0.0, r.path, r.acc, r.seeds), ValueError, "error_barrier=0.03", "instability=0.05")
     assert get_mask(r.networks[0]) == ticket.mask and get_mask(r.networks[1]) == ticket.mask
     assert not torch.equal(r.networks[0].fc.weight, r.networks[1].fc.weight)   # different SGD noise
     hits = STATS["hits"]
@@ -335,7 +337,7 @@ def test_linear_mode_instability(tmp_outputs, digits):
     pd.testing.assert_frame_equal(again.path, r.path)
     mem = linear_mode_instability(Ticket(ticket.mask, ticket.weights, SPEC), digits, QUICK, alphas=5)   # no key: not cached
     pd.testing.assert_frame_equal(mem.path, r.path)                           # splits in memory: the same numbers
-    _expect_error(lambda: linear_mode_instability(ticket, "digits", QUICK, seeds=(3, 3)), ValueError, "seeds=(3, 3)", "different SGD noise")
-    _expect_error(lambda: linear_mode_instability(ticket, "digits", QUICK, seeds=(0,)), ValueError, "two integer seeds")
-    _expect_error(lambda: linear_mode_instability(ticket, "digits", QUICK, bn="none"), ValueError, "bn='none'")
-    _expect_error(lambda: linear_mode_instability(ticket, "digits", QUICK, alphas=[0, 2]), ValueError, "outside [0, 1]")
+    expect_error(lambda: linear_mode_instability(ticket, "digits", QUICK, seeds=(3, 3)), ValueError, "seeds=(3, 3)", "different SGD noise")
+    expect_error(lambda: linear_mode_instability(ticket, "digits", QUICK, seeds=(0,)), ValueError, "two integer seeds")
+    expect_error(lambda: linear_mode_instability(ticket, "digits", QUICK, bn="none"), ValueError, "bn='none'")
+    expect_error(lambda: linear_mode_instability(ticket, "digits", QUICK, alphas=[0, 2]), ValueError, "outside [0, 1]")

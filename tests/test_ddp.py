@@ -17,7 +17,8 @@ import torch.multiprocessing as mp
 from paper_repro.data import load_dataset
 from paper_repro.masks import Mask, masked_layers, random_mask, to_masked
 from paper_repro.models import get_model, same_state
-from paper_repro.train import dist_info, fit, get_recipe, is_main
+from paper_repro.recipes import get_recipe
+from paper_repro.train import dist_info, fit, is_main
 
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.heavy]   # starts processes
 

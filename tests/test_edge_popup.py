@@ -12,7 +12,9 @@ from paper_repro.edge_popup import SCORE_INITS, edge_popup
 from paper_repro.masks import Mask, keep_count, masked_layers, to_masked
 from paper_repro.models import get_model, prunable_weights, same_state
 from paper_repro.runs import STATS
-from paper_repro.train import RECIPES, Callback, evaluate, finetune, fit, get_recipe, model_for
+from paper_repro.recipes import get_recipe, RECIPES
+from paper_repro.train import Callback, evaluate, fit
+from paper_repro.tickets import finetune, model_for
 
 
 pytestmark = pytest.mark.usefixtures("one_thread", "tmp_outputs")   # every test gets its own run cache

@@ -9,11 +9,12 @@ import torch
 from torch import nn
 
 import paper_repro.gem_miner as gem_miner_module
-from paper_repro.gem_miner import (FIG3, REGULARIZERS, TABLE15, TABLE15_NESTEROV, Miner, freeze, freezing_bound,
+from paper_repro.gem_miner import (FIG3, REGULARIZERS, Miner, freeze, freezing_bound,
                                    freezing_events, gem_miner, score_regularizer)
 from paper_repro.masks import Mask, get_mask, masked_layers, to_masked
 from paper_repro.models import get_model
-from paper_repro.train import RECIPES, get_recipe, model_for
+from paper_repro.recipes import TABLE15, TABLE15_NESTEROV, get_recipe, RECIPES
+from paper_repro.tickets import model_for
 
 SPEC = model_for("digits", "lenet-300-100", seed=0, init="signed_constant", bias=False)
 RECIPE = get_recipe("cpu", epochs=6, batch_size=64, lr=0.5, weight_decay=0)
@@ -201,7 +202,7 @@ def test_layer_collapse_is_recorded_and_warned():
 
 def test_cached_run_loads_and_finetunes_from_cache():
     from paper_repro.runs import STATS
-    from paper_repro.train import finetune
+    from paper_repro.tickets import finetune
     a = gem_miner(SPEC, "digits", 0.1, 1e-4, RECIPE, period=2, progress=False)
     hits = STATS["hits"]
     b = gem_miner(SPEC, "digits", 0.1, 1e-4, RECIPE, period=2, progress=False)

@@ -11,7 +11,7 @@ from paper_repro.gems import (FIGURES, GEMS, INVERSIONS, METHODS, SANITY, focus,
 from paper_repro.imp import imp_rounds
 from paper_repro.masks import keep_count
 from paper_repro.runs import runs_root
-from paper_repro.train import RECIPES, Recipe
+from paper_repro.recipes import Recipe, RECIPES
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -15,8 +15,9 @@ from paper_repro.data import load_dataset
 from paper_repro.masks import Mask, get_mask, keep_count
 from paper_repro.models import get_model, same_state
 from paper_repro.runs import STATS
-from paper_repro.train import (RECIPES, Callback, Recipe, Snapshot, Ticket, evaluate, finetune, fit, get_recipe, lr_at,
-                               model_for)
+from paper_repro.recipes import get_recipe, lr_at, Recipe, RECIPES
+from paper_repro.train import Callback, evaluate, fit, Snapshot
+from paper_repro.tickets import finetune, model_for, Ticket
 from paper_repro.imp import imp_level, lottery_sanity, omp_mask, reinitialised, tail_recipe
 from paper_repro.imp import (IMPResult, imp, imp_counts, imp_prune, imp_rounds, imp_schedule, rewound,
                              round_recipe)

@@ -35,3 +35,10 @@ def test_asni_notebooks_share_the_table_runs(paper):
     assert t2.gamma[0] == 1 and t2.alpha[0] == 80
     p = nbs.run("asni_fig2", preset="smoke", gamma=2.0)
     assert p["gamma"] == 2.0 and p["runs_computed"] == 3   # A, and C, S from its mask; D loaded
+
+
+def test_run_hashes_are_pinned(paper):
+    "The run cache keys FIRST makes at smoke are the pinned ones (conftest.check_pinned_runs)."
+    from conftest import check_pinned_runs
+    nbs, _ = paper
+    check_pinned_runs(FIRST, nbs.first_runs)

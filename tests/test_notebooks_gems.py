@@ -47,3 +47,10 @@ def test_fig1_refuses_a_density_the_preset_lacks(notebooks):
     check fig1 calls) and test_cli.py::test_a_failing_notebook_exits_1_with_its_error (a notebook's error reaches you)."""
     with pytest.raises(pm.PapermillExecutionError, match="density=0.3"):
         notebooks.run("fig1", preset="smoke", density=0.3)
+
+
+def test_run_hashes_are_pinned(paper):
+    "The run cache keys FIRST makes at smoke are the pinned ones (conftest.check_pinned_runs)."
+    from conftest import check_pinned_runs
+    nbs, _ = paper
+    check_pinned_runs(FIRST, nbs.first_runs)

@@ -64,3 +64,10 @@ def test_rti_fig4_refuses_an_unknown_distance(notebooks):
     and test_cli.py::test_a_failing_notebook_exits_1_with_its_error (a notebook's error reaches you)."""
     with pytest.raises(pm.PapermillExecutionError, match="distance='manhattan'"):
         notebooks.run("rti_fig4", preset="smoke", distance="manhattan")
+
+
+def test_run_hashes_are_pinned(paper):
+    "The run cache keys FIRST makes at smoke are the pinned ones (conftest.check_pinned_runs)."
+    from conftest import check_pinned_runs
+    nbs, _ = paper
+    check_pinned_runs(FIRST, nbs.first_runs)

@@ -56,3 +56,10 @@ def test_sanity_figG_checks_its_density(paper):
     nbs, _ = paper
     with pytest.raises(pm.PapermillExecutionError, match="density=0.3"):
         nbs.run("sanity_figG", preset="smoke", density=0.3)
+
+
+def test_run_hashes_are_pinned(paper):
+    "The run cache keys FIRST makes at smoke are the pinned ones (conftest.check_pinned_runs)."
+    from conftest import check_pinned_runs
+    nbs, _ = paper
+    check_pinned_runs(FIRST, nbs.first_runs)

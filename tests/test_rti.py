@@ -12,7 +12,8 @@ from paper_repro.masks import Mask
 from paper_repro.models import same_state
 from paper_repro.rti import (RTI, Optima, Repulsion, pruning_threshold, remaining_weights, repulsion_loss, round_statistics,
                              rti_sweep, setting)
-from paper_repro.train import Recipe, model_for
+from paper_repro.recipes import Recipe
+from paper_repro.tickets import model_for
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

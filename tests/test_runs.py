@@ -12,7 +12,7 @@ import torch
 
 import paper_repro.runs as runs
 from paper_repro.runs import CHECKPOINT, STATS, Result, cached_run, canonical, jsonable, run_hash, runs_root
-from paper_repro.train import Recipe
+from paper_repro.recipes import Recipe
 
 
 def counting(result=None):

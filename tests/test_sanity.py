@@ -11,7 +11,8 @@ import torch
 from paper_repro.masks import Mask, random_mask
 from paper_repro.models import get_model
 from paper_repro.sanity import CHECKS, invert_check, reinit_check, sanity_check, sanity_table, shuffle_check
-from paper_repro.train import Ticket, get_recipe, model_for
+from paper_repro.recipes import get_recipe
+from paper_repro.tickets import model_for, Ticket
 
 SPEC = model_for("digits", "lenet-300-100", seed=0, init="signed_constant", bias=False)
 

@@ -29,7 +29,8 @@ def train_unit(c):
     from paper_repro.data import load_dataset
     from paper_repro.masks import random_mask
     from paper_repro.models import get_model
-    from paper_repro.train import fit, model_for
+    from paper_repro.train import fit
+    from paper_repro.tickets import model_for
 
     def run(config, workdir):
         data = {s: load_dataset("digits", s) for s in ("train", "test")}
@@ -113,7 +114,7 @@ def imp_unit(c):
     "One IMP chain (LeNet on the digits to 0.8⁶, 6 trained rounds of 1 epoch, each a cached run): its rounds' accuracies."
     import paper_repro.imp as imp_mod
     from paper_repro.imp import imp
-    from paper_repro.train import model_for
+    from paper_repro.tickets import model_for
     if c.get("slow") and not hasattr(imp_mod.fit, "slowed"):         # slow each round down, so a kill lands mid-chain
         fit = imp_mod.fit
         imp_mod.fit = lambda *a, **k: (time.sleep(c["slow"]), fit(*a, **k))[1]

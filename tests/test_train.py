@@ -16,8 +16,9 @@ from paper_repro.core import Timer
 from paper_repro.data import TensorLoader, load_dataset
 from paper_repro.masks import Mask, apply_mask, get_mask, keep_masks, masked_layers, random_mask, to_masked
 from paper_repro.models import get_model, prunable_weights, same_state
-from paper_repro.train import (OPTIMIZERS, RECIPES, SCHEDULES, TRAINS, Callback, FitState, MaskedAdam, MaskedSGD,
-                               Recipe, Snapshot, evaluate, fit, get_recipe, lr_at, make_optimizer)
+from paper_repro.recipes import get_recipe, lr_at, OPTIMIZERS, Recipe, RECIPES, SCHEDULES, TRAINS
+from paper_repro.optim import make_optimizer, MaskedAdam, MaskedSGD
+from paper_repro.train import Callback, evaluate, fit, FitState, Snapshot
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
