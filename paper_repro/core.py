@@ -5,6 +5,7 @@
 # %% ../nbs/00_core.ipynb #4fd339cd
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import importlib
 import json
@@ -16,9 +17,11 @@ import socket
 import subprocess
 import sys
 import time
+import types
+import typing
 from configparser import ConfigParser
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, ClassVar, Mapping
 
 import numpy as np
 import pandas as pd
@@ -26,11 +29,12 @@ import torch
 
 # %% auto #0
 __all__ = ['DATA_ENV', 'OUTPUTS_ENV', 'EXPERIMENT_NOTEBOOK', 'RUN_FIRST', 'DEVICE_ENV', 'PRESETS', 'PRESET_ENV', 'EXECUTORS',
-           'EXTRAS', 'RUN_KNOBS', 'CLAIM_KINDS', 'PAPERS', 'UNCLASSIFIED', 'CLAIM_COLUMNS', 'repo_root', 'data_dir',
-           'outputs_dir', 'experiment_dir', 'experiment_notebooks', 'save_json', 'DeviceUnavailableError', 'get_device',
-           'seed_everything', 'resolve_preset', 'executor_module', 'check_executor', 'fill_preset', 'watch_parameters',
-           'provenance', 'Timer', 'claim', 'paper_of', 'gather_claims', 'claims_totals', 'claims_markdown',
-           'interleaved', 'timing_summary']
+           'EXTRAS', 'RUN_KNOBS', 'SMOKE_THREADS', 'CLAIM_KINDS', 'PAPERS', 'UNCLASSIFIED', 'CLAIM_COLUMNS',
+           'repo_root', 'data_dir', 'outputs_dir', 'experiment_dir', 'experiment_notebooks', 'save_json',
+           'DeviceUnavailableError', 'get_device', 'seed_everything', 'resolve_preset', 'executor_module',
+           'check_executor', 'fill_preset', 'watch_parameters', 'use_threads', 'coerce', 'ExperimentSpec', 'provenance',
+           'Timer', 'claim', 'paper_of', 'gather_claims', 'claims_totals', 'claims_markdown', 'interleaved',
+           'timing_summary']
 
 # %% ../nbs/00_core.ipynb #fa678f17
 def expect_error(f, exc, *contains):
@@ -178,13 +182,14 @@ def check_executor(executor: str) -> str:
     if executor in EXTRAS: executor_module(executor)
     return executor
 
+# %% ../nbs/00_core.ipynb #50e555d3
 RUN_KNOBS = {"executor": "serial", "workers": None}  # every notebook's: where its grid of runs is computed (`runs.sweep`)
 
 def fill_preset(table: Mapping[str, Mapping[str, Any]], # {"smoke": {...}, "cpu": {...}, "paper": {...}}
                 preset: str = "auto", # as in `resolve_preset`
                 **given, # the notebook's parameters; None means "take the preset's value"
                ) -> dict:
-    "Resolve `preset` and return the table's knobs, overridden by every `given` value that is not None (smoke: one thread)."
+    "Resolve `preset` and return the table's knobs, overridden by every `given` value that is not None."
     missing = [p for p in PRESETS if p not in table]
     if missing: raise ValueError(f"preset table lacks {missing}; it needs {list(PRESETS)}")
     name = resolve_preset(preset)
@@ -193,7 +198,6 @@ def fill_preset(table: Mapping[str, Mapping[str, Any]], # {"smoke": {...}, "cpu"
     if unknown: raise ValueError(f"unknown parameter(s) {unknown}; this notebook's parameters are {sorted(knobs)}")
     knobs.update({k: v for k, v in given.items() if v is not None})
     check_executor(knobs["executor"])
-    if name == "smoke": torch.set_num_threads(1)   # tiny networks: one thread is several times faster than two busy ones
     return {"preset": name, **knobs}
 
 # %% ../nbs/00_core.ipynb #7b76f088
@@ -206,6 +210,99 @@ class watch_parameters:
         "Name -> value for every parameter defined after the snapshot."
         skip = lambda k, v: k in self.before or k.startswith("_") or v is self or callable(v) or type(v).__name__ == "module"
         return {k: v for k, v in self.ns.items() if not skip(k, v)}
+
+# %% ../nbs/00_core.ipynb #456a19fe
+SMOKE_THREADS = 1  # the smoke networks are tiny: one thread is several times faster than two busy ones (measured above)
+
+def use_threads(preset: str, # a resolved preset ("smoke", "cpu", "paper")
+               ) -> int:
+    "Set PyTorch's thread count for a notebook run at `preset` (smoke: `SMOKE_THREADS`; else unchanged) and return it."
+    if preset not in PRESETS: raise ValueError(f"preset={preset!r}: use one of {', '.join(map(repr, PRESETS))}")
+    if preset == "smoke": torch.set_num_threads(SMOKE_THREADS)
+    return torch.get_num_threads()
+
+# %% ../nbs/00_core.ipynb #2d815609
+def _words(tp, many: bool = False) -> str:
+    "A type annotation in words, for error messages."
+    o, args = typing.get_origin(tp), typing.get_args(tp)
+    if o in (typing.Union, types.UnionType): return " or ".join(_words(a, many) for a in args)
+    if o is list or tp is list: return f"a list of {_words(args[0], True)}" if args else "a list"
+    names = {int: ("an integer", "integers"), float: ("a number", "numbers"), str: ("a string", "strings"),
+             bool: ("True or False", "booleans"), dict: ("a dict", "dicts"), type(None): ("None", "None")}
+    return names.get(o or tp, (str(tp),)*2)[many]
+
+def coerce(name: str, # the knob, for the error message
+           value: Any, # what the user (or the preset) gave
+           tp, # the field's annotation: int, float, str, bool, dict, Any, list[...] and unions of them (`X | None`)
+           strict: bool = False, # no conversion: only a value that already is `tp`
+          ) -> Any:
+    "`value` as `tp` asks (int -> float, one value -> [value], papermill's '[0, 1]' -> [0, 1]), else a ValueError naming it."
+    o, args = typing.get_origin(tp), typing.get_args(tp)
+    bad = ValueError(f"{name}={value!r}: use {_words(tp)}")
+    if tp is Any: return value
+    if o in (typing.Union, types.UnionType):
+        for strict_ in ((True, False) if not strict else (True,)):   # an alternative the value already is wins
+            for a in args:
+                try: return coerce(name, value, a, strict_)
+                except ValueError: pass
+        raise bad
+    if o is list or tp is list:
+        if strict and not isinstance(value, list): raise bad
+        if isinstance(value, str) and value.strip().startswith("["):
+            try: value = json.loads(value)
+            except json.JSONDecodeError: raise bad from None
+        value = list(value) if isinstance(value, tuple) else value if isinstance(value, list) else [value]
+        try: return [coerce(name, v, args[0], strict) for v in value] if args else value
+        except ValueError: raise bad from None
+    ok = {type(None): lambda v: v is None, bool: lambda v: isinstance(v, bool), str: lambda v: isinstance(v, str),
+          dict: lambda v: isinstance(v, Mapping), int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+          float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if (o or tp) not in ok: raise TypeError(f"{name}: coerce does not know the annotation {tp!r}")
+    if not ok[o or tp](value) or (strict and tp is float and not isinstance(value, float)): raise bad
+    return float(value) if tp is float else dict(value) if (o or tp) is dict else value
+
+# %% ../nbs/00_core.ipynb #f9d32dd8
+@dataclasses.dataclass(frozen=True)
+class ExperimentSpec(Mapping):
+    "One paper experiment's knobs, typed by the field annotations and checked at construction (see `fill`)."
+    preset: str = "cpu"           # a resolved preset: smoke, cpu or paper
+    figure: str | None = None     # the notebook the spec is for (a key of `FIGURES`)
+    executor: str = "serial"      # where the grid of runs is computed (`runs.sweep`)
+    workers: int | None = None    # how many at once (None: the executor's default)
+    TABLE: ClassVar[Mapping] = {}    # preset -> knob -> value: the experiment's knobs, every figure's
+    FIGURES: ClassVar[Mapping] = {}  # figure -> its own knobs (a value may be {preset: value})
+
+    @classmethod
+    def knobs(cls, figure: str) -> dict:
+        "The preset table (smoke/cpu/paper) of `figure`: the experiment's knobs, then the figure's own."
+        if figure not in cls.FIGURES: raise ValueError(f"figure={figure!r}: use one of {', '.join(map(repr, cls.FIGURES))}")
+        per = lambda v, p: v[p] if isinstance(v, Mapping) and set(v) == set(PRESETS) else v
+        return {p: {**cls.TABLE[p], **{k: per(v, p) for k, v in cls.FIGURES[figure].items()}} for p in PRESETS}
+
+    @classmethod
+    def fill(cls, figure: str, # the notebook
+             preset: str = "auto", # as in `resolve_preset`
+             **given) -> "ExperimentSpec": # the notebook's parameters; None: the preset's value
+        "The checked spec of `figure` at `preset`: what a notebook's parameters (or `paper-repro run -p`) give."
+        return cls(figure=figure, **fill_preset(cls.knobs(figure), preset, **given))
+
+    def __post_init__(self):
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self): object.__setattr__(self, f.name, coerce(f.name, getattr(self, f.name), hints[f.name]))
+        if self.preset not in PRESETS: raise ValueError(f"preset={self.preset!r}: use one of {', '.join(map(repr, PRESETS))}")
+        check_executor(self.executor)
+        if self.workers is not None and self.workers < 1: raise ValueError(f"workers={self.workers!r}: use an integer >= 1 or None")
+        self.check()
+
+    def check(self):
+        "The rules between knobs; a subclass states its own (and calls nothing else to validate)."
+
+    def replace(self, **changes) -> "ExperimentSpec": return dataclasses.replace(self, **changes)
+    def __getitem__(self, k):
+        if k not in self.__dataclass_fields__: raise KeyError(k)
+        return getattr(self, k)
+    def __iter__(self): return iter(self.__dataclass_fields__)
+    def __len__(self): return len(self.__dataclass_fields__)
 
 # %% ../nbs/00_core.ipynb #dc3da8e2
 def _git(*args) -> str | None:
