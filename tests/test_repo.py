@@ -90,7 +90,11 @@ def test_experiment_notebooks_are_papermill_ready():
         assert re.search(r'^preset\s*=\s*"auto"', "".join(params[0]["source"]), re.M), f'{nb.name}: preset = "auto"'
         src = "".join("".join(c["source"]) for c in cells(nb))
         assert "nbdev_export(" not in src, f"{nb.name}: an experiment notebook must not export"
-        assert "fill_preset(" in src and "provenance(" in src and "claims" in src, nb.name
+        # parameters become a checked spec (an ExperimentSpec's fill, or fill_preset for a notebook of no paper), and the
+        # thread count is set where the notebook says so (use_threads), not as a side effect of filling the preset
+        assert re.search(r"\b[A-Z]\w*Spec\.fill\(|\bfill_preset\(", src), f"{nb.name}: parameters through Spec.fill or fill_preset"
+        assert "use_threads(" in src, f"{nb.name}: use_threads(cfg.preset) after the parameters"
+        assert "provenance(" in src and "claims" in src, nb.name
 
 
 def test_ci_runs_make_test():
