@@ -44,6 +44,7 @@ def _parts(x, what: str) -> tuple[str, dict[str, torch.Tensor]]:
     raise ValueError(f"{what}={type(x).__name__}: use a tensor, a non-empty list/tuple of tensors, a mapping name -> tensor "
                      "(e.g. a state dict) or a model")
 
+# %% ../nbs/15_connectivity.ipynb #a1f616bb
 def _compared_names(d: Mapping[str, torch.Tensor]) -> list[str]:
     "Floating entries of a mapping, without masked layers' mask/scores buffers."
     def buffer(k):
@@ -51,6 +52,7 @@ def _compared_names(d: Mapping[str, torch.Tensor]) -> list[str]:
         return leaf in ("mask", "scores") and f"{stem}.weight" in d
     return [k for k, t in d.items() if t.is_floating_point() and not buffer(k)]
 
+# %% ../nbs/15_connectivity.ipynb #78c1c8d8
 def _mask_parts(kind: str, m, what: str) -> dict[str, torch.Tensor]:
     "One mask in the inputs' form, as name -> bool tensor."
     if kind == "tensor" and isinstance(m, torch.Tensor): parts = {"tensor": m}
@@ -68,6 +70,7 @@ def _mask_parts(kind: str, m, what: str) -> dict[str, torch.Tensor]:
         out[k] = t.cpu()
     return out
 
+# %% ../nbs/15_connectivity.ipynb #33538aaf
 def _as_mask(kind: str, mask) -> dict[str, torch.Tensor] | None:
     "None, or name -> bool tensor: one mask, or the intersection of a pair (m1, m2)."
     if mask is None: return None
@@ -81,6 +84,35 @@ def _as_mask(kind: str, mask) -> dict[str, torch.Tensor] | None:
             raise ValueError(f"{k}: the two masks' shapes differ, {tuple(m1[k].shape)} vs {tuple(m2[k].shape)}")
     return {k: m1[k] & m2[k] for k in m1}
 
+# %% ../nbs/15_connectivity.ipynb #155de4a6
+def _names(kind: str, pa: dict, pb: dict, m: dict | None) -> list[str]:
+    "The tensors to compare: the mask's; else, for two mappings, their floating entries (the same in both); else all of them."
+    if m is not None: return list(m)
+    if kind == "mapping":
+        names, nb = _compared_names(pa), _compared_names(pb)
+        if set(names) != set(nb):
+            only_a, only_b = sorted(set(names) - set(nb)), sorted(set(nb) - set(names))
+            raise ValueError(f"a and b hold different tensors (only in a: {only_a[:5]}, only in b: {only_b[:5]}): "
+                             "give a mask whose names select the tensors to compare")
+        return names
+    if len(pa) != len(pb): raise ValueError(f"a has {len(pa)} tensors but b has {len(pb)}")
+    return list(pa)
+
+# %% ../nbs/15_connectivity.ipynb #3fb6f365
+def _entries(n: str, pa: dict, pb: dict, m: dict | None) -> tuple[torch.Tensor, torch.Tensor]:
+    "Tensor `n` of a and of b, checked, as flat float64 CPU vectors of the entries the mask keeps (all without one)."
+    for side, p in (("a", pa), ("b", pb)):
+        if n not in p: raise ValueError(f"mask tensor {n!r} has no tensor in {side} (which holds {', '.join(list(p)[:4])}, ...)")
+    ta, tb = pa[n].detach(), pb[n].detach()
+    if ta.shape != tb.shape: raise ValueError(f"{n}: shapes differ, a {tuple(ta.shape)} vs b {tuple(tb.shape)}")
+    ta, tb = ta.to("cpu", torch.float64).flatten(), tb.to("cpu", torch.float64).flatten()
+    if m is None: return ta, tb
+    if m[n].shape != pa[n].shape:
+        raise ValueError(f"{n}: the mask's shape {tuple(m[n].shape)} does not match the tensor's {tuple(pa[n].shape)}")
+    keep = m[n].flatten()
+    return ta[keep], tb[keep]
+
+# %% ../nbs/15_connectivity.ipynb #422d94a4
 def masked_vectors(a, # a tensor, a list/tuple of tensors, a mapping name -> tensor, or a model (its prunable weights)
                    b, # the same form as `a`
                    mask=None, # None, one mask of the inputs' form, or a pair (m1, m2): their intersection
@@ -89,30 +121,8 @@ def masked_vectors(a, # a tensor, a list/tuple of tensors, a mapping name -> ten
     ka, pa = _parts(a, "a"); kb, pb = _parts(b, "b")
     if ka != kb: raise ValueError(f"a is a {ka} but b is a {kb}: give both in the same form")
     m = _as_mask(ka, mask)
-    if m is not None: names = list(m)
-    elif ka == "mapping":
-        names, nb = _compared_names(pa), _compared_names(pb)
-        if set(names) != set(nb):
-            only_a, only_b = sorted(set(names) - set(nb)), sorted(set(nb) - set(names))
-            raise ValueError(f"a and b hold different tensors (only in a: {only_a[:5]}, only in b: {only_b[:5]}): "
-                             "give a mask whose names select the tensors to compare")
-    else:
-        names = list(pa)
-        if len(pa) != len(pb): raise ValueError(f"a has {len(pa)} tensors but b has {len(pb)}")
-    va, vb = [], []
-    for n in names:
-        for side, p in (("a", pa), ("b", pb)):
-            if n not in p: raise ValueError(f"mask tensor {n!r} has no tensor in {side} (which holds {', '.join(list(p)[:4])}, ...)")
-        ta, tb = pa[n].detach(), pb[n].detach()
-        if ta.shape != tb.shape: raise ValueError(f"{n}: shapes differ, a {tuple(ta.shape)} vs b {tuple(tb.shape)}")
-        ta, tb = ta.to("cpu", torch.float64).flatten(), tb.to("cpu", torch.float64).flatten()
-        if m is not None:
-            if m[n].shape != pa[n].shape:
-                raise ValueError(f"{n}: the mask's shape {tuple(m[n].shape)} does not match the tensor's {tuple(pa[n].shape)}")
-            keep = m[n].flatten()
-            ta, tb = ta[keep], tb[keep]
-        va.append(ta); vb.append(tb)
-    va, vb = torch.cat(va), torch.cat(vb)
+    pairs = [_entries(n, pa, pb, m) for n in _names(ka, pa, pb, m)]
+    va, vb = torch.cat([ta for ta, _ in pairs]), torch.cat([tb for _, tb in pairs])
     if not len(va): raise ValueError("no entry to compare: the mask (or the intersection of the two masks) keeps nothing")
     if not (bool(torch.isfinite(va).all()) and bool(torch.isfinite(vb).all())): raise ValueError("the compared entries hold inf or nan")
     return va, vb
@@ -124,6 +134,7 @@ def _norms(va, vb) -> tuple[float, float]:
         if n == 0: raise ValueError(f"{side} is zero on all {len(va)} compared entries: a zero vector has no angle to another")
     return na, nb
 
+# %% ../nbs/15_connectivity.ipynb #99db21b3
 def angular_distance(a, b, # tensors, lists of tensors, mappings name -> tensor or models (see `masked_vectors`)
                      mask=None, # None, one mask, or a pair (m1, m2) compared on m1 ⊙ m2
                     ) -> float:
@@ -134,6 +145,7 @@ def angular_distance(a, b, # tensors, lists of tensors, mappings name -> tensor 
     angle = 2*torch.atan2(torch.linalg.vector_norm(u - w), torch.linalg.vector_norm(u + w))
     return float(2*angle/math.pi)
 
+# %% ../nbs/15_connectivity.ipynb #53485c7f
 def cosine_distance(a, b, mask=None) -> float:
     "1 − cos ∠(a, b) on the masked entries, in [0, 2] (Maene et al. appendix B)."
     va, vb = masked_vectors(a, b, mask)
@@ -145,6 +157,7 @@ def euclidean_distance(a, b, mask=None) -> float:
     va, vb = masked_vectors(a, b, mask)
     return float(torch.linalg.vector_norm(va - vb))
 
+# %% ../nbs/15_connectivity.ipynb #3bc700e1
 DISTANCES: dict[str, Callable] = {"angular": angular_distance, "cosine": cosine_distance, "euclidean": euclidean_distance}
 
 def get_distance(distance: str | Callable) -> Callable:
@@ -153,6 +166,23 @@ def get_distance(distance: str | Callable) -> Callable:
     if distance not in DISTANCES: raise ValueError(f"distance={distance!r}: use one of {', '.join(map(repr, DISTANCES))}")
     return DISTANCES[distance]
 
+# %% ../nbs/15_connectivity.ipynb #3619ebe2
+def _checked_rounds(rounds, labels, with_init: bool) -> tuple[list, list, list[Mask]]:
+    "`distance_matrix`'s rounds as a list, their labels (default 0, 1, ...) and their masks, checked."
+    rounds = list(rounds)
+    if not rounds: raise ValueError("rounds is empty: give (weights, mask) pairs")
+    for i, r in enumerate(rounds):
+        if not (_is_seq(r) and len(r) == 2 and isinstance(r[1], Mapping)):
+            raise ValueError(f"rounds[{i}]: use a (weights, mask) pair, the mask a Mask or mapping name -> bool tensor")
+    labels = list(range(len(rounds))) if labels is None else list(labels)
+    if len(labels) != len(rounds) or len(set(labels)) != len(labels) or (with_init and "init" in labels):
+        raise ValueError(f"labels={labels!r}: give {len(rounds)} distinct labels" + (" other than 'init'" if with_init else ""))
+    masks = [Mask(m) for _, m in rounds]
+    for i, m in enumerate(masks[1:], 1):
+        try: masks[0]._check_same(m)
+        except ValueError as e: raise ValueError(f"rounds[{i}]'s mask does not match rounds[0]'s: {e}") from None
+    return rounds, labels, masks
+
 # %% ../nbs/15_connectivity.ipynb #d807c1eb
 def distance_matrix(rounds: Sequence[tuple[Mapping[str, torch.Tensor], Mapping[str, torch.Tensor]]], # (weights, mask) per round
                     init: Mapping[str, torch.Tensor] | None = None, # dense initial weights: adds the "init" row and column
@@ -160,18 +190,8 @@ def distance_matrix(rounds: Sequence[tuple[Mapping[str, torch.Tensor], Mapping[s
                     labels: Sequence | None = None, # one per round (default 0, 1, ...)
                    ) -> pd.DataFrame:
     "Distances between rounds on their shared weights m_i ⊙ m_j, and (with `init`) each round against the initialisation on m_i."
-    fn, rounds = get_distance(distance), list(rounds)
-    if not rounds: raise ValueError("rounds is empty: give (weights, mask) pairs")
-    for i, r in enumerate(rounds):
-        if not (_is_seq(r) and len(r) == 2 and isinstance(r[1], Mapping)):
-            raise ValueError(f"rounds[{i}]: use a (weights, mask) pair, the mask a Mask or mapping name -> bool tensor")
-    labels = list(range(len(rounds))) if labels is None else list(labels)
-    if len(labels) != len(rounds) or len(set(labels)) != len(labels) or (init is not None and "init" in labels):
-        raise ValueError(f"labels={labels!r}: give {len(rounds)} distinct labels" + (" other than 'init'" if init is not None else ""))
-    masks = [Mask(m) for _, m in rounds]
-    for i, m in enumerate(masks[1:], 1):
-        try: masks[0]._check_same(m)
-        except ValueError as e: raise ValueError(f"rounds[{i}]'s mask does not match rounds[0]'s: {e}") from None
+    fn = get_distance(distance)
+    rounds, labels, masks = _checked_rounds(rounds, labels, init is not None)
     names = list(masks[0])
     full = {n: torch.ones_like(masks[0][n]) for n in names}
 
@@ -196,6 +216,7 @@ BN_MODES = ("recompute", "interpolate")
 def _bn_layers(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
 
+# %% ../nbs/15_connectivity.ipynb #aa275e73
 def _alphas(alphas) -> np.ndarray:
     if isinstance(alphas, (int, np.integer)) and not isinstance(alphas, bool):
         if alphas < 2: raise ValueError(f"alphas={alphas}: a path needs at least its two endpoints (alphas >= 2)")
@@ -208,6 +229,7 @@ def _alphas(alphas) -> np.ndarray:
     if bad.size: raise ValueError(f"alphas: {bad.tolist()[:3]} outside [0, 1]: the path runs from model_a (alpha=0) to model_b (alpha=1)")
     return np.unique(a)
 
+# %% ../nbs/15_connectivity.ipynb #0319fe5f
 def _plain_state(net: nn.Module) -> dict[str, torch.Tensor]: return {k: v.detach().clone() for k, v in net.state_dict().items()}
 
 def _check_pair(a: nn.Module, b: nn.Module, sa: dict, sb: dict):
@@ -219,8 +241,9 @@ def _check_pair(a: nn.Module, b: nn.Module, sa: dict, sb: dict):
         if sa[k].shape != sb[k].shape:
             raise ValueError(f"{k}: shapes differ, model_a {tuple(sa[k].shape)} vs model_b {tuple(sb[k].shape)}: different architectures")
 
-def _path(model_a, model_b, bn, train, bn_batches, batch_size, device):
-    "Check the pair and the options once; return (device, net_at(alpha))."
+# %% ../nbs/15_connectivity.ipynb #5a700320
+def _check_path_options(model_a, model_b, bn: str, train, bn_batches):
+    "Raise unless both ends are models and `bn`, `bn_batches` and `train` are options `interpolate` knows."
     for side, m in (("model_a", model_a), ("model_b", model_b)):
         if not isinstance(m, nn.Module): raise ValueError(f"{side}={type(m).__name__}: give a model (nn.Module)")
     if bn not in BN_MODES: raise ValueError(f"bn={bn!r}: use one of {', '.join(map(repr, BN_MODES))}")
@@ -228,17 +251,27 @@ def _path(model_a, model_b, bn, train, bn_batches, batch_size, device):
         raise ValueError(f"bn_batches={bn_batches!r}: use None (the whole training split) or an integer >= 1")
     if train is not None and not isinstance(train, (DataSplit, str)):
         raise ValueError(f"train={type(train).__name__}: use a DataSplit of training data (or a dataset name)")
+
+# %% ../nbs/15_connectivity.ipynb #0fb86f44
+def _bn_loader(net: nn.Module, bn: str, train, batch_size: int, dev) -> TensorLoader | None:
+    "The batches BatchNorm's statistics are recomputed on along the path (bn='recompute' and `net` has BatchNorm), else None."
+    if not (bn == "recompute" and bool(_bn_layers(net))): return None
+    if train is None:
+        raise ValueError("the models have BatchNorm and bn='recompute' re-estimates its statistics at every alpha on training "
+                         "data: pass train=<a DataSplit of training data> (or data as a dataset name), or use bn='interpolate'")
+    if isinstance(train, str): train = load_dataset(train, "train")
+    return TensorLoader(train, batch_size, shuffle=True, seed=0, device=dev)
+
+# %% ../nbs/15_connectivity.ipynb #79f57545
+def _path(model_a, model_b, bn, train, bn_batches, batch_size, device):
+    "Check the pair and the options once; return (device, net_at(alpha))."
+    _check_path_options(model_a, model_b, bn, train, bn_batches)
     dev = get_device(device) if device is not None else next(model_a.parameters()).device
     ends = [copy.deepcopy(m).to(dev) for m in (model_a, model_b)]
     pa, pb = (to_plain(copy.deepcopy(m)).to(dev) for m in ends)
     sa, sb = _plain_state(pa), _plain_state(pb)
     _check_pair(pa, pb, sa, sb)
-    recompute = bn == "recompute" and bool(_bn_layers(pa))
-    if recompute and train is None:
-        raise ValueError("the models have BatchNorm and bn='recompute' re-estimates its statistics at every alpha on training "
-                         "data: pass train=<a DataSplit of training data> (or data as a dataset name), or use bn='interpolate'")
-    if recompute and isinstance(train, str): train = load_dataset(train, "train")
-    bn_loader = TensorLoader(train, batch_size, shuffle=True, seed=0, device=dev) if recompute else None
+    bn_loader = _bn_loader(pa, bn, train, batch_size, dev)
     net = pa
 
     def net_at(alpha: float) -> nn.Module:
@@ -246,12 +279,13 @@ def _path(model_a, model_b, bn, train, bn_batches, batch_size, device):
         if alpha == 1: return ends[1]
         w = float(alpha)
         net.load_state_dict({k: torch.lerp(sa[k], sb[k], w) if sa[k].is_floating_point() else sa[k] for k in sa})
-        if recompute:
+        if bn_loader is not None:
             bn_loader.set_epoch(0)                  # the same batches at every alpha
             update_bn(islice(bn_loader, bn_batches), net)
         return net
     return dev, net_at
 
+# %% ../nbs/15_connectivity.ipynb #5d9467ce
 def interpolated(model_a: nn.Module, model_b: nn.Module, # the same architecture (masked or not)
                  alpha: float, # 0: a copy of model_a; 1: a copy of model_b
                  bn: str = "recompute", # "recompute" the running statistics on `train`, or "interpolate" them
@@ -264,6 +298,7 @@ def interpolated(model_a: nn.Module, model_b: nn.Module, # the same architecture
     (a,) = _alphas([alpha])
     return _path(model_a, model_b, bn, train, bn_batches, batch_size, device)[1](a)
 
+# %% ../nbs/15_connectivity.ipynb #ca59d450
 def interpolate(model_a: nn.Module, # alpha = 0
                 model_b: nn.Module, # alpha = 1; the same architecture
                 data: DataSplit | str, # evaluated on: a split, or a dataset name (its test split)
@@ -300,6 +335,7 @@ def _path_errors(path: pd.DataFrame) -> tuple[float, float, float]:
         ends.append(float(e.iloc[0]))
     return ends[0], ends[1], float(path.error.max())
 
+# %% ../nbs/15_connectivity.ipynb #8a9476bf
 def error_barrier(path: pd.DataFrame, # from `interpolate`: columns alpha and error, with rows at alpha 0 and 1
                   baseline: str = "mean", # "mean" of the endpoint errors (Frankle et al. 2020a, Maene et al. 4.3), or "max": the larger one
                  ) -> float:
@@ -336,6 +372,17 @@ class Instability:
         return (f"Instability({self.instability:.4f} = error barrier; over the larger endpoint {self.error_barrier_max:.4f}; "
                 f"endpoint acc {self.acc[0]:.4f}, {self.acc[1]:.4f}; seeds {self.seeds}; {len(self.path)} points)")
 
+# %% ../nbs/15_connectivity.ipynb #2b5bae98
+def _two_seeds(seeds) -> tuple[int, int]:
+    "`seeds` as two different integers >= 0, one per copy."
+    seeds = tuple(seeds) if _is_seq(seeds) else seeds
+    if not (isinstance(seeds, tuple) and len(seeds) == 2 and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
+        raise ValueError(f"seeds={seeds!r}: give two integer seeds >= 0, one per copy")
+    if seeds[0] == seeds[1]:
+        raise ValueError(f"seeds={seeds!r}: the two copies need different SGD noise (data order and augmentation); use two different seeds")
+    return seeds
+
+# %% ../nbs/15_connectivity.ipynb #442206f9
 def linear_mode_instability(ticket: Ticket, # the mask and the (rewound) weights both copies start from
                             data: str | Mapping[str, DataSplit], # a dataset name (cached trainings) or splits with 'train' and 'test'
                             recipe: Recipe | str | Mapping, # how each copy trains
@@ -347,11 +394,7 @@ def linear_mode_instability(ticket: Ticket, # the mask and the (rewound) weights
                             first: nn.Module | None = None, # the copy with seeds[0], already trained (e.g. IMP's own round): only the second is trained
                            ) -> Instability:
     "Train the ticket twice with different SGD noise (finetune) and measure the error barrier on the line between the two."
-    seeds = tuple(seeds) if _is_seq(seeds) else seeds
-    if not (isinstance(seeds, tuple) and len(seeds) == 2 and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
-        raise ValueError(f"seeds={seeds!r}: give two integer seeds >= 0, one per copy")
-    if seeds[0] == seeds[1]:
-        raise ValueError(f"seeds={seeds!r}: the two copies need different SGD noise (data order and augmentation); use two different seeds")
+    seeds = _two_seeds(seeds)
     if bn not in BN_MODES: raise ValueError(f"bn={bn!r}: use one of {', '.join(map(repr, BN_MODES))}")
     _alphas(alphas)
     splits = as_splits(data)

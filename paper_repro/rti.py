@@ -14,9 +14,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 from torch import nn
-from tqdm import tqdm
 
-from .core import PRESETS
+from .core import ExperimentSpec
 from .imp import IMPResult, imp, imp_rounds
 from .masks import Mask, keep_count
 from .models import prunable_weights
@@ -27,18 +26,20 @@ from .recipes import Recipe
 from .tickets import model_for
 
 # %% auto #0
-__all__ = ['RTI', 'SETTING', 'VARIANT_NAMES', 'REINIT_SEED', 'RTI_FIGURES', 'Optima', 'repulsion_loss', 'Repulsion',
-           'pruning_threshold', 'remaining_weights', 'round_statistics', 'setting', 'setting_label', 'RTISweep',
-           'sweep_recipe', 'rti_sweep', 'method_name', 'plot_by_batch', 'rti_preset', 'check_rti', 'batch_settings']
+__all__ = ['SETTING', 'VARIANT_NAMES', 'REINIT_SEED', 'Optima', 'repulsion_loss', 'Repulsion', 'remaining_weights',
+           'pruning_threshold', 'round_statistics', 'setting', 'setting_label', 'RTISpec', 'batch_settings', 'RTISweep',
+           'sweep_recipe', 'method_name', 'rti_sweep', 'plot_by_batch']
 
 # %% ../nbs/14_rti.ipynb #0548c240
 def _tensors(xs, what: str) -> list[torch.Tensor]:
+    "A tensor, a list of tensors or a dict of them (its values, in order) as a non-empty list."
     if isinstance(xs, torch.Tensor): xs = [xs]
     if isinstance(xs, Mapping): xs = list(xs.values())
     xs = list(xs)
     if not xs or not all(isinstance(t, torch.Tensor) for t in xs): raise ValueError(f"{what}: give a non-empty list of tensors")
     return xs
 
+# %% ../nbs/14_rti.ipynb #cea8aa33
 class Optima:
     "Earlier optima θ_r ⊙ m stored compactly: unit vectors over the entries the mask keeps (float32, or float16 with `half`)."
     def __init__(self, mask: Sequence[torch.Tensor] | Mapping[str, torch.Tensor] | None = None, # 0/1 tensors like the weights; None: every entry
@@ -84,6 +85,25 @@ class Optima:
         if key not in self._on: self._on[key] = torch.stack(self.rows[-1:] if last else self.rows).to(device, torch.float32)
         return self._on[key]
 
+# %% ../nbs/14_rti.ipynb #5e39c5e2
+def _store_for(params: list[torch.Tensor], mask, previous, only_last: bool) -> Optima:
+    "The store `repulsion_loss` reads: `previous` itself if it is one (checked against `mask`), else a new store of `previous`."
+    if isinstance(previous, Optima):
+        if mask is not None:
+            mask = _tensors(mask, "mask"); previous.check(mask, "mask")
+            if previous.mask is None or not all(torch.equal(m.to("cpu").bool(), s) for m, s in zip(mask, previous.mask)):
+                raise ValueError("mask: the store was built for another mask (its vectors cover other entries); pass mask=None to use the store's")
+        return previous
+    if mask is not None:
+        mask = _tensors(mask, "mask")
+        for i, (m, p) in enumerate(zip(mask, params)):
+            if m.shape != p.shape: raise ValueError(f"mask[{i}]: shape {tuple(m.shape)}, but params[{i}] has {tuple(p.shape)}")
+        if len(mask) != len(params): raise ValueError(f"mask: {len(mask)} tensors for {len(params)} params")
+    store = Optima(mask, shapes=[p.shape for p in params])
+    for opt in (list(previous)[-1:] if only_last else previous): store.add(opt)
+    return store
+
+# %% ../nbs/14_rti.ipynb #8c1e0dff
 def repulsion_loss(params: Sequence[torch.Tensor], # the current weights θ (e.g. the prunable weights)
                    mask: Sequence[torch.Tensor] | None, # 0/1 tensors like params (the current mask m); None: no mask
                    previous: Sequence[Sequence[torch.Tensor]] | Optima, # earlier optima θ_r, each tensors like params; or a store
@@ -94,20 +114,7 @@ def repulsion_loss(params: Sequence[torch.Tensor], # the current weights θ (e.g
     if isinstance(lam_r, bool) or not isinstance(lam_r, Real) or not math.isfinite(lam_r):
         raise ValueError(f"lam_r={lam_r!r}: give a finite number (> 0 repels, < 0 attracts, 0 is no term)")
     params = _tensors(params, "params")
-    if isinstance(previous, Optima):
-        store = previous
-        if mask is not None:
-            mask = _tensors(mask, "mask"); store.check(mask, "mask")
-            if store.mask is None or not all(torch.equal(m.to("cpu").bool(), s) for m, s in zip(mask, store.mask)):
-                raise ValueError("mask: the store was built for another mask (its vectors cover other entries); pass mask=None to use the store's")
-    else:
-        if mask is not None:
-            mask = _tensors(mask, "mask")
-            for i, (m, p) in enumerate(zip(mask, params)):
-                if m.shape != p.shape: raise ValueError(f"mask[{i}]: shape {tuple(m.shape)}, but params[{i}] has {tuple(p.shape)}")
-            if len(mask) != len(params): raise ValueError(f"mask: {len(mask)} tensors for {len(params)} params")
-        store = Optima(mask, shapes=[p.shape for p in params])
-        for opt in (list(previous)[-1:] if only_last else previous): store.add(opt)
+    store = _store_for(params, mask, previous, only_last)
     store.check(params)
     if lam_r == 0: return params[0].new_zeros(())
     if not len(store):
@@ -146,6 +153,13 @@ class Repulsion:
         return repulsion
 
 # %% ../nbs/14_rti.ipynb #c5a1da91
+def remaining_weights(weights: Mapping[str, torch.Tensor], mask: Mask) -> torch.Tensor:
+    "The weights `mask` keeps, over all its tensors, as one float32 vector (for histograms)."
+    missing = [n for n in mask if n not in weights]
+    if missing: raise ValueError(f"weights lack the mask's tensors {missing}")
+    return torch.cat([weights[n].detach().float().to("cpu")[mask[n].to("cpu")] for n in mask])
+
+# %% ../nbs/14_rti.ipynb #e2240ba8
 def pruning_threshold(weights: Mapping[str, torch.Tensor], # a state dict (or name -> tensor) covering the mask's tensors
                       mask: Mask, # the weights that are still there
                       fraction: float = 0.2, # the fraction of them a pruning removes
@@ -157,12 +171,7 @@ def pruning_threshold(weights: Mapping[str, torch.Tensor], # a state dict (or na
     if k == 0: raise ValueError(f"pruning {fraction} of {len(values)} weights removes none: no threshold")
     return float(values.kthvalue(k).values)
 
-def remaining_weights(weights: Mapping[str, torch.Tensor], mask: Mask) -> torch.Tensor:
-    "The weights `mask` keeps, over all its tensors, as one float32 vector (for histograms)."
-    missing = [n for n in mask if n not in weights]
-    if missing: raise ValueError(f"weights lack the mask's tensors {missing}")
-    return torch.cat([weights[n].detach().float().to("cpu")[mask[n].to("cpu")] for n in mask])
-
+# %% ../nbs/14_rti.ipynb #f5681d8c
 def round_statistics(chain: IMPResult, # an `imp` result (or its reinitialisation control)
                     ) -> pd.DataFrame:
     "`chain.rounds` (round, density, kept, pre_acc, acc, cached, ...) with each round's `threshold` (`pruning_threshold` of its trained weights)."
@@ -181,8 +190,9 @@ _CONV4 = Recipe(optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=1e-5, sched
 _CPU = Recipe(optimizer="adam", lr=1.2e-3, weight_decay=0.0, schedule="constant", epochs=3, batch_size=60)
 _SMOKE = Recipe(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=0.0, schedule="constant", epochs=1, batch_size=64)
 
+# %% ../nbs/14_rti.ipynb #274ef6eb
 _COMMON = dict(fraction=0.2, lam_r=2.0, lam_a=-1.0, instability_rounds=[5, 10, 15], histogram_round=10, alphas=20, bn="recompute")
-RTI = {
+_TABLE = {   # Table 1, and what runs here (RTISpec.TABLE)
     "paper": dict(model="resnet20", networks={
                       "resnet20": _net("cifar10", "resnet20", _R20, "kaiming_normal", batch_sizes=[128, 256, 512, 1024, 2048],
                                        stable=2048, semistable=512, unstable=128),
@@ -190,21 +200,19 @@ RTI = {
                                             stable=2048, semistable=1024, unstable=60),
                       "conv4": _net("cifar10", "conv4", _CONV4, "kaiming_normal", batch_sizes=[16, 128, 512, 2048],
                                     stable=2048, semistable=512, unstable=16)},
-                  rounds=25, seeds=[0, 1, 2], warmup=10, warmup_batch_sizes=None, **_COMMON),
+                  rounds=25, seeds=[0, 1, 2], batch_sizes=None, warmup=10, warmup_batch_sizes=None, **_COMMON),
     "cpu": dict(model="lenet-300-100", networks={
                     "lenet-300-100": _net("fashion-mnist", "lenet-300-100", _CPU, "kaiming_uniform", batch_sizes=[16, 128, 512, 2048],
                                           stable=2048, semistable=512, unstable=16)},
-                rounds=16, seeds=[0], warmup=1, warmup_batch_sizes=[128, 512, 2048], **_COMMON),
+                rounds=16, seeds=[0], batch_sizes=None, warmup=1, warmup_batch_sizes=[128, 512, 2048], **_COMMON),
     "smoke": dict(model="lenet-300-100", networks={
                     "lenet-300-100": _net("digits", "lenet-300-100", _SMOKE, "kaiming_uniform", batch_sizes=[16, 512],
                                           stable=512, semistable=512, unstable=16)},
-                  rounds=4, seeds=[0], warmup=1, warmup_batch_sizes=None, **dict(_COMMON, instability_rounds=[1, 3], histogram_round=2, alphas=5)),
+                  rounds=4, seeds=[0], batch_sizes=None, warmup=1, warmup_batch_sizes=None, **dict(_COMMON, instability_rounds=[1, 3], histogram_round=2, alphas=5)),
 }
 
 # %% ../nbs/14_rti.ipynb #1cfffb24
 SETTING = dict(batch_size=None, warmup=0, lam_r=0.0, only_last=False, weight_decay=None)
-VARIANT_NAMES = ("IMP", "reinit")
-REINIT_SEED = 1000   # the reinitialisation's model seed is the IMP seed + this
 
 def setting(batch_size: int, warmup: float = 0, lam_r: float = 0.0, only_last: bool = False, weight_decay: float | None = None) -> dict:
     "One way of training IMP (checked): batch size, warm-up epochs, repulsion λ_r (0: none), weight decay (None: the recipe's)."
@@ -217,6 +225,7 @@ def setting(batch_size: int, warmup: float = 0, lam_r: float = 0.0, only_last: b
     return dict(batch_size=batch_size, warmup=float(warmup), lam_r=float(lam_r), only_last=bool(only_last),
                 weight_decay=None if weight_decay is None else float(weight_decay))
 
+# %% ../nbs/14_rti.ipynb #ced9105d
 def setting_label(s: Mapping) -> str:
     "A short name: 'batch 512', 'batch 512, warm-up 1', 'batch 2048, λ_r = 2', ..."
     parts = [f"batch {s['batch_size']}"]
@@ -225,10 +234,62 @@ def setting_label(s: Mapping) -> str:
     if s["weight_decay"] is not None: parts.append(f"wd {s['weight_decay']:g}")
     return ", ".join(parts)
 
+# %% ../nbs/14_rti.ipynb #426c46d0
+@dataclass(frozen=True)
+class RTISpec(ExperimentSpec):
+    "Maene et al.'s experiment: the network, the IMP sweep's knobs and every figure's own; `RTISpec.fill(figure, preset, **given)`."
+    model: str = "lenet-300-100"              # the network: a key of `networks`
+    networks: dict = field(default_factory=dict)   # name -> data, model, options, recipe, batch_sizes, stable, semistable, unstable
+    rounds: int = 16                          # trained IMP rounds (the chains end at density (1 - fraction)^rounds)
+    seeds: list[int] = field(default_factory=lambda: [0])
+    batch_sizes: list[int] | None = None      # the batch sizes (None: the network's; `check` fills them in)
+    warmup: float = 0.0                       # warm-up epochs of the warm-up settings (`batch_settings`)
+    warmup_batch_sizes: list[int] | None = None   # the batch sizes that get a warm-up run (None: every one)
+    fraction: float = 0.2                     # of the remaining weights pruned per round
+    lam_r: float = 2.0                        # λ_r of the repellent runs (rti_fig4: 0, plain IMP)
+    lam_a: float = -1.0                       # λ_r of the attractive runs (rti_fig3)
+    only_last: bool = False                   # repel from the last optimum only (rti_fig4, Appendix D)
+    instability_rounds: list[int] = field(default_factory=list)   # the rounds whose tickets rti_fig2 tests
+    histogram_round: int = 10                 # the round whose weights rti_fig5 shows
+    alphas: int | list[float] = 20            # points on a linear path (rti_fig2, rti_fig8)
+    bn: str = "recompute"                     # BatchNorm statistics on a path (`connectivity.BN_MODES`)
+    distance: str = "angular"                 # rti_fig4's distance (`connectivity.DISTANCES`)
+    weight_decay: float | None = None         # rti_fig7's other weight decay
+    batch_size: int | None = None             # rti_fig8's batch size (None: the network's stable one)
+    paths: list[int] | None = None            # rti_fig8's rounds r whose paths to r + 1 it draws (None: first, middle, last)
+    TABLE = _TABLE
+    FIGURES = {"rti_fig1": {}, "rti_fig2": {}, "rti_fig3": {}, "rti_fig4": dict(distance="angular", lam_r=0.0, only_last=False),
+               "rti_fig5": {}, "rti_fig6": {}, "rti_fig7": dict(weight_decay={"paper": 0.0, "cpu": 5e-4, "smoke": 5e-4}),
+               "rti_fig8": dict(paths=None, batch_size=None)}
+
+    def check(self):
+        "A network the preset has; `batch_sizes` (None: the network's) valid batch sizes; rounds >= 1; seeds >= 0."
+        if self.model not in self.networks:
+            raise ValueError(f"model={self.model!r}: the {self.preset} preset has {', '.join(map(repr, self.networks))}")
+        if self.batch_sizes is None: object.__setattr__(self, "batch_sizes", list(self.networks[self.model]["batch_sizes"]))
+        for b in self.batch_sizes: setting(b)
+        if self.rounds < 1: raise ValueError(f"rounds={self.rounds!r}: use an integer >= 1")
+        if not self.seeds or any(s < 0 for s in self.seeds): raise ValueError(f"seeds={self.seeds!r}: give integers >= 0")
+
+# %% ../nbs/14_rti.ipynb #b30de3fa
+def batch_settings(cfg: Mapping, # a checked RTISpec
+                   warmup: bool = False, # also the warm-up settings (at `warmup_batch_sizes`, None: every batch size)
+                  ) -> list[dict]:
+    "Figure 1's settings: every batch size of `cfg` without warm-up, then (warmup=True) with `cfg['warmup']` epochs of it."
+    out = [setting(b) for b in cfg["batch_sizes"]]
+    if warmup and cfg["warmup"]:
+        wb = cfg["batch_sizes"] if cfg.get("warmup_batch_sizes") is None else [b for b in cfg["batch_sizes"] if b in cfg["warmup_batch_sizes"]]
+        out += [setting(b, warmup=cfg["warmup"]) for b in wb]
+    return out
+
+# %% ../nbs/14_rti.ipynb #f23b7742
+VARIANT_NAMES = ("IMP", "reinit")
+REINIT_SEED = 1000   # the reinitialisation's model seed is the IMP seed + this
+
 @dataclass(repr=False)
 class RTISweep:
     "IMP and its reinitialisation per setting and seed: a row per round, and the chains themselves."
-    table: pd.DataFrame     # setting columns, label, seed, variant, round, density, kept, pre_acc, acc, threshold, cached
+    table: pd.DataFrame     # setting columns, label, seed, variant, round, density, kept, pre_acc, acc, threshold, cached (True: in the run cache)
     chains: dict = field(default_factory=dict)   # (label, seed, variant) -> IMPResult
     recipes: dict = field(default_factory=dict)  # label -> the Recipe every round of that setting trains with
     cache: dict = field(default_factory=dict)    # runs loaded / computed by this call
@@ -245,11 +306,13 @@ class RTISweep:
                              f"{sorted(set(k[1] for k in self.chains))}, variants {sorted(set(k[2] for k in self.chains))}")
         return self.chains[(label, seed, variant)]
 
+# %% ../nbs/14_rti.ipynb #9a49de22
 def sweep_recipe(cfg: Mapping, s: Mapping) -> Recipe:
     "The recipe of a setting: the network's recipe with the setting's batch size, warm-up and weight decay."
     r = Recipe(**cfg["networks"][cfg["model"]]["recipe"])
     return r.replace(batch_size=s["batch_size"], warmup=s["warmup"], **({} if s["weight_decay"] is None else {"weight_decay": s["weight_decay"]}))
 
+# %% ../nbs/14_rti.ipynb #b7c02164
 def _rti_chains(cfg: Mapping, s: Mapping, seed: int, variants: Sequence[str]) -> dict[str, IMPResult]:
     "IMP (and its reinitialisation control) of one setting and seed."
     net = cfg["networks"][cfg["model"]]
@@ -261,9 +324,29 @@ def _rti_chains(cfg: Mapping, s: Mapping, seed: int, variants: Sequence[str]) ->
     if "reinit" in variants: found["reinit"] = imp({**spec, "seed": seed + REINIT_SEED}, masks_from=found["IMP"], **run)
     return found
 
-def _rti_unit(u: dict): _rti_chains(**u)
+# %% ../nbs/14_rti.ipynb #32c27c26
+def _rti_unit(u: dict) -> tuple[dict[str, IMPResult], dict[str, pd.DataFrame]]:
+    "One unit of the sweep (a setting and a seed): its chains, and each one's `round_statistics`, computed where the chains are."
+    found = _rti_chains(**u)
+    return found, {v: round_statistics(c) for v, c in found.items()}
 
-def rti_sweep(cfg: Mapping, # a filled RTI preset (`check_rti`)
+# %% ../nbs/14_rti.ipynb #bc29d1ef
+def method_name(row) -> str:
+    "How the figures name a (setting, variant): 'IMP', 'reinit + warm-up', 'repellent IMP', 'attractive reinit', ..."
+    kind = "" if not row.lam_r else ("repellent " if row.lam_r > 0 else "attractive ")
+    return kind + row.variant + (" + warm-up" if row.warmup else "")
+
+# %% ../nbs/14_rti.ipynb #6267cb5d
+def _sweep_table(rows: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    "The units' round statistics, labelled, as one table in the columns the figures read."
+    table = pd.concat(rows, ignore_index=True)
+    table["method"], table["target"] = [method_name(r) for r in table.itertuples()], table.density
+    table["cached"] = True   # every round is in the run cache once the sweep returns (RTISweep.cache: what this call computed)
+    cols = ["label", *SETTING, "seed", "variant", "method", "round", "density", "target", "kept", "pre_acc", "acc", "threshold", "cached"]
+    return table[cols]
+
+# %% ../nbs/14_rti.ipynb #009ef94e
+def rti_sweep(cfg: Mapping, # a checked RTISpec (`RTISpec.fill`)
               settings: Sequence[Mapping], # from `setting`
               variants: Sequence[str] = VARIANT_NAMES, # "IMP" and/or "reinit"
               executor: str = "serial", # where the chains are computed (`core.EXECUTORS`)
@@ -275,28 +358,20 @@ def rti_sweep(cfg: Mapping, # a filled RTI preset (`check_rti`)
     if bad or not variants: raise ValueError(f"variants={list(variants)!r}: choose from {VARIANT_NAMES}")
     assert imp_rounds((1 - cfg["fraction"])**cfg["rounds"], cfg["fraction"]) == cfg["rounds"]
     grid = [(setting(**s), seed) for s in settings for seed in cfg["seeds"]]
-    stats0, rows, chains, recipes = dict(STATS), [], {}, {}
-    by_cost = sorted(grid, key=lambda g: g[0]["batch_size"])    # longest first: the small batches take the most steps
-    runs.sweep([dict(cfg=cfg, s=s, seed=seed, variants=list(variants)) for s, seed in by_cost], _rti_unit, executor,
-               workers=workers, desc="rti sweep", progress=progress)
-    swept = run_counts(stats0)
-    for s, seed in grid:                                     # every round is cached now: this loads the chains
-        label = setting_label(s)
+    by_cost = sorted(range(len(grid)), key=lambda i: grid[i][0]["batch_size"])   # longest first: small batches take the most steps
+    stats0 = dict(STATS)
+    done = runs.sweep([dict(cfg=cfg, s=grid[i][0], seed=grid[i][1], variants=list(variants)) for i in by_cost], _rti_unit, executor,
+                      workers=workers, desc="rti sweep", progress=progress)
+    found, rows, chains, recipes = dict(zip(by_cost, done)), [], {}, {}
+    for i, (s, seed) in enumerate(grid):                     # the grid's order: setting by setting, seed by seed
+        label, (chain_of, stats_of) = setting_label(s), found[i]
         recipes[label] = sweep_recipe(cfg, s)
-        found = _rti_chains(cfg, s, seed, variants)
         for v in variants:
-            chains[(label, seed, v)] = found[v]
-            rows.append(round_statistics(found[v]).assign(label=label, seed=seed, variant=v, **{k: s[k] for k in SETTING}))
-    table = pd.concat(rows, ignore_index=True)
-    table["method"], table["target"] = [method_name(r) for r in table.itertuples()], table.density
-    cols = ["label", *SETTING, "seed", "variant", "method", "round", "density", "target", "kept", "pre_acc", "acc", "threshold", "cached"]
-    return RTISweep(table[cols], chains, recipes, runs.gathered_counts(stats0, swept))
+            chains[(label, seed, v)] = chain_of[v]
+            rows.append(stats_of[v].assign(label=label, seed=seed, variant=v, **{k: s[k] for k in SETTING}))
+    return RTISweep(_sweep_table(rows), chains, recipes, run_counts(stats0))
 
-def method_name(row) -> str:
-    "How the figures name a (setting, variant): 'IMP', 'reinit + warm-up', 'repellent IMP', 'attractive reinit', ..."
-    kind = "" if not row.lam_r else ("repellent " if row.lam_r > 0 else "attractive ")
-    return kind + row.variant + (" + warm-up" if row.warmup else "")
-
+# %% ../nbs/14_rti.ipynb #8d8de466
 def plot_by_batch(table: pd.DataFrame, # rti_sweep's table (or rows of it)
                   metric: str, # "acc", "threshold", ...
                   methods: Sequence[str], # `method` values, in legend order
@@ -312,41 +387,3 @@ def plot_by_batch(table: pd.DataFrame, # rti_sweep's table (or rows of it)
     axes[0, 0].set_ylabel(ylabel or ("test accuracy (%)" if percent else metric))
     max(axes[0], key=lambda ax: len(ax.get_legend_handles_labels()[0])).legend(fontsize=7)   # the panel that has every method
     return fig, axes
-
-# %% ../nbs/14_rti.ipynb #426c46d0
-RTI_FIGURES = {
-    "rti_fig1": {}, "rti_fig2": {}, "rti_fig3": {}, "rti_fig4": dict(distance="angular", lam_r=0.0, only_last=False),
-    "rti_fig5": {}, "rti_fig6": {}, "rti_fig7": dict(weight_decay={"paper": 0.0, "cpu": 5e-4, "smoke": 5e-4}),
-    "rti_fig8": dict(paths=None, batch_size=None),
-}
-
-def rti_preset(figure: str) -> dict:
-    "The preset table (smoke/cpu/paper) of one of Maene et al.'s figure notebooks: the sweep's knobs plus its own."
-    if figure not in RTI_FIGURES: raise ValueError(f"figure={figure!r}: use one of {', '.join(map(repr, RTI_FIGURES))}")
-    own = lambda p: {k: (v[p] if isinstance(v, dict) and set(v) == set(PRESETS) else v) for k, v in RTI_FIGURES[figure].items()}
-    return {p: {**RTI[p], "batch_sizes": None, **own(p)} for p in PRESETS}
-
-def check_rti(cfg: Mapping) -> dict:
-    "A filled RTI preset with `model` checked, `seeds` a list and `batch_sizes` the network's unless given."
-    cfg = dict(cfg)
-    if cfg["model"] not in cfg["networks"]:
-        raise ValueError(f"model={cfg['model']!r}: the {cfg['preset']} preset has {', '.join(map(repr, cfg['networks']))}")
-    net = cfg["networks"][cfg["model"]]
-    if isinstance(cfg["seeds"], int): cfg["seeds"] = [cfg["seeds"]]
-    bs = net["batch_sizes"] if cfg.get("batch_sizes") is None else cfg["batch_sizes"]
-    cfg["batch_sizes"] = [bs] if isinstance(bs, int) else list(bs)
-    for b in cfg["batch_sizes"]: setting(b)
-    if isinstance(cfg["rounds"], bool) or not isinstance(cfg["rounds"], int) or cfg["rounds"] < 1: raise ValueError(f"rounds={cfg['rounds']!r}: use an integer >= 1")
-    if not cfg["seeds"] or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in cfg["seeds"]): raise ValueError(f"seeds={cfg['seeds']!r}: give integers >= 0")
-    return cfg
-
-def batch_settings(cfg: Mapping, # a checked RTI preset
-                   warmup: bool = False, # also the warm-up settings (at `warmup_batch_sizes`, None: every batch size)
-                  ) -> list[dict]:
-    "Figure 1's settings: every batch size of `cfg` without warm-up, then (warmup=True) with `cfg['warmup']` epochs of it."
-    out = [setting(b) for b in cfg["batch_sizes"]]
-    if warmup and cfg["warmup"]:
-        wb = cfg["batch_sizes"] if cfg.get("warmup_batch_sizes") is None else [b for b in cfg["batch_sizes"] if b in cfg["warmup_batch_sizes"]]
-        out += [setting(b, warmup=cfg["warmup"]) for b in wb]
-    return out
-

@@ -3,14 +3,14 @@
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from paper_repro.core import fill_preset
 from paper_repro.imp import imp
 from paper_repro.masks import Mask
 from paper_repro.models import same_state
-from paper_repro.rti import (RTI, Optima, Repulsion, pruning_threshold, remaining_weights, repulsion_loss, round_statistics,
+from paper_repro.rti import (RTISpec, Optima, Repulsion, pruning_threshold, remaining_weights, repulsion_loss, round_statistics,
                              rti_sweep, setting)
 from paper_repro.recipes import Recipe
 from paper_repro.tickets import model_for
@@ -122,10 +122,28 @@ def test_thresholds_are_where_imp_cut(chains):
 
 
 def test_sweep_loads_on_the_second_call(tmp_path, monkeypatch):
+    """One pass: a cold sweep computes every run and loads none of them back (no gather); the second call loads them
+    all, computes nothing and gives the same table."""
     monkeypatch.setenv("PAPER_REPRO_OUTPUTS", str(tmp_path))
-    cfg = {**fill_preset(RTI, "smoke"), "rounds": 2}
-    first = rti_sweep(cfg, [setting(256)], progress=False)
-    assert first.cache["computed"] == 4 and len(first.table) == 4
-    again = rti_sweep(cfg, [setting(256)], progress=False)
-    assert again.cache == {"loaded": 4, "computed": 0}
-    assert again.table.drop(columns="cached").equals(first.table.drop(columns="cached"))
+    cfg = RTISpec.fill("rti_fig1", "smoke", rounds=2)
+    first = rti_sweep(cfg, [setting(256), setting(64)], progress=False)
+    n = 2*2*2                                                  # settings × (IMP, reinit) × rounds
+    assert first.cache == {"loaded": 0, "computed": n} and len(first.table) == n
+    again = rti_sweep(cfg, [setting(256), setting(64)], progress=False)
+    assert again.cache == {"loaded": n, "computed": 0}
+    pd.testing.assert_frame_equal(again.table, first.table)
+    assert first.table.label.tolist() == ["batch 256"]*4 + ["batch 64"]*4   # the settings' order, not the units' (by cost)
+    assert sorted(first.chains) == sorted(again.chains) and list(first.recipes) == ["batch 256", "batch 64"]
+
+
+def test_spec_types_and_normalises_the_knobs():
+    cfg = RTISpec.fill("rti_fig1", "cpu", seeds=3, batch_sizes="[128, 2048]", warmup=2)
+    assert (cfg.seeds, cfg.batch_sizes, cfg.warmup, cfg["rounds"]) == ([3], [128, 2048], 2.0, 16)
+    assert RTISpec.fill("rti_fig2", "smoke").batch_sizes == [16, 512]          # None: the network's
+    assert RTISpec.fill("rti_fig7", "paper").weight_decay == 0.0 and RTISpec.fill("rti_fig7", "cpu").weight_decay == 5e-4
+    assert RTISpec.fill("rti_fig4", "smoke").lam_r == 0.0 and RTISpec.fill("rti_fig3", "smoke").lam_r == 2.0
+    assert cfg.replace(seeds=[0, 1]).seeds == [0, 1] and cfg.seeds == [3]
+    for bad, match in ((dict(model="conv4"), "model='conv4'"), (dict(rounds=0), "rounds=0"), (dict(seeds=[-2]), "seeds=\\[-2\\]"),
+                       (dict(batch_sizes=[0]), "batch_size=0"), (dict(rounds=1.5), "rounds=1.5"), (dict(paths=[1]), "paths")):
+        with pytest.raises(ValueError, match=match):
+            RTISpec.fill("rti_fig1", "cpu", **bad)
