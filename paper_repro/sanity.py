@@ -293,6 +293,7 @@ class LTHSpec(ExperimentSpec):
     FIGURES = _LTH_FIGURES
 
     def check(self):
+        "The rules between knobs: the models are the preset's networks, the rates positive, then p, the Jackpot thresholds and test, the density."
         bad = [m for m in self.models if m not in self.networks]
         if bad: raise ValueError(f"models={self.models!r}: the {self.preset} preset has {', '.join(map(repr, self.networks))}")
         if not self.lrs or any(v <= 0 for v in self.lrs): raise ValueError(f"lrs={self.lrs!r}: give positive learning rates")
