@@ -10,13 +10,12 @@ from typing import Mapping, Sequence
 
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from .data import load_dataset
 from .imp import lottery_sanity, reinitialised
-from .masks import Mask, keep_count, masked_layers, top_count
+from .masks import Mask, keep_count, top_count
 from .models import as_generator
-from .core import PRESETS
+from .core import ExperimentSpec
 from . import runs
 from .runs import STATS, run_counts
 from .recipes import Recipe
@@ -24,9 +23,8 @@ from .train import evaluate, last_value
 from .tickets import finetune, model_for, Ticket
 
 # %% auto #0
-__all__ = ['CHECKS', 'JACKPOT_MODES', 'LTH', 'LTH_FIGURES', 'shuffle_check', 'reinit_check', 'invert_check', 'sanity_check',
-           'sanity_table', 'correlation_indicator', 'jackpot_conditions', 'LTHSweep', 'lth_sweep', 'lth_preset',
-           'check_lth', 'lt_advantage']
+__all__ = ['CHECKS', 'JACKPOT_MODES', 'shuffle_check', 'reinit_check', 'invert_check', 'sanity_check', 'sanity_table',
+           'correlation_indicator', 'jackpot_conditions', 'LTHSpec', 'LTHSweep', 'lth_sweep', 'lt_advantage']
 
 # %% ../nbs/16_sanity.ipynb #14fd786c
 CHECKS = ("shuffle", "reinit", "invert")
@@ -35,10 +33,12 @@ def shuffle_check(ticket: Ticket, seed: int = 0) -> Ticket:
     "The ticket with its mask permuted within every layer (seeded)."
     return ticket.replace(f"shuffle-{seed}", mask=ticket.mask.shuffle(seed))
 
+# %% ../nbs/16_sanity.ipynb #3d736b7c
 def reinit_check(ticket: Ticket, seed: int = 1, init: str | None = None) -> Ticket:
     "The ticket's mask on new weights: the same initialisation with another seed (or `init`, e.g. 'kaiming_normal')."
     return reinitialised(ticket, seed, init, tag=f"reinit-{init or 'same'}-{seed}")   # Ma et al.'s RR (13_imp)
 
+# %% ../nbs/16_sanity.ipynb #07bdf960
 def _lowest(values: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
     "Boolean mask of the k smallest entries, ties broken by a random order from `g`."
     perm = torch.randperm(values.numel(), generator=g)
@@ -46,6 +46,7 @@ def _lowest(values: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
     out = torch.zeros_like(keep); out[perm] = keep
     return out.view_as(values)
 
+# %% ../nbs/16_sanity.ipynb #859fd021
 def invert_check(ticket: Ticket, seed: int = 0, scores: Mapping[str, torch.Tensor] | None = None, absolute: bool = False) -> Ticket:
     "Keep, in each layer, as many weights as the ticket does but with the lowest scores (|scores| with `absolute`)."
     scores = scores if scores is not None else ticket.extras.get("scores")
@@ -54,12 +55,22 @@ def invert_check(ticket: Ticket, seed: int = 0, scores: Mapping[str, torch.Tenso
     new = {n: _lowest(scores[n].abs() if absolute else scores[n], int(m.sum()), g) for n, m in ticket.mask.items()}
     return ticket.replace(f"invert-{seed}", mask=Mask(new))
 
+# %% ../nbs/16_sanity.ipynb #767704c9
 def sanity_check(ticket: Ticket, check: str, seed: int = 0, **kw) -> Ticket:
     "One check by name: 'shuffle', 'reinit' or 'invert'."
     if check not in CHECKS: raise ValueError(f"check={check!r}: use one of {', '.join(map(repr, CHECKS))}")
     if check == "shuffle": return shuffle_check(ticket, seed)
     if check == "reinit": return reinit_check(ticket, seed + 1 if seed == ticket.model.get("seed") else seed, **kw)
     return invert_check(ticket, seed, **kw)
+
+# %% ../nbs/16_sanity.ipynb #a3c0109e
+def _sanity_variants(ticket: Ticket, checks: Sequence[str], seed: int) -> dict[str, Ticket]:
+    "The ticket and each of its checks, by name (inversion skipped when the ticket has no scores)."
+    variants = {"ticket": ticket}
+    for c in checks:
+        if c == "invert" and "scores" not in ticket.extras: continue
+        variants[c] = sanity_check(ticket, c, seed)
+    return variants
 
 # %% ../nbs/16_sanity.ipynb #20e576d2
 def sanity_table(ticket: Ticket, # e.g. from gem_miner
@@ -72,18 +83,34 @@ def sanity_table(ticket: Ticket, # e.g. from gem_miner
                 ) -> pd.DataFrame:
     "Accuracy of the ticket and of each sanity check, before and after finetuning."
     test = load_dataset(data, "test")
-    variants = {"ticket": ticket}
-    for c in checks:
-        if c == "invert" and "scores" not in ticket.extras: continue
-        variants[c] = sanity_check(ticket, c, seed)
     rows = []
-    for name, t in variants.items():
+    for name, t in _sanity_variants(ticket, checks, seed).items():
         row = dict(variant=name, density=t.mask.density, pre_finetune_acc=evaluate(t.network(), test)["acc"])
         if finetune_too:
             _, hist = finetune(t, data, recipe, seed=seed, progress=progress)
             row["post_finetune_acc"] = last_value(hist)
         rows.append(row)
     return pd.DataFrame(rows)
+
+# %% ../nbs/16_sanity.ipynb #73969649
+def _check_rp(theta_a: Mapping, theta_b: Mapping, p: float, mask: Mapping | None):
+    "R_p's input: p in (0, 1], both weight sets (and the mask) over the same layers."
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 1:
+        raise ValueError(f"p={p!r}: the top fraction must be in (0, 1]")
+    if set(theta_a) != set(theta_b):
+        raise ValueError(f"theta_a and theta_b name different layers: {sorted(set(theta_a) ^ set(theta_b))}")
+    if mask is not None and set(mask) != set(theta_a):
+        raise ValueError(f"mask names different layers than the weights: {sorted(set(mask) ^ set(theta_a))}")
+
+# %% ../nbs/16_sanity.ipynb #7a489392
+def _remaining(name: str, theta_a: Mapping, theta_b: Mapping, mask: Mapping | None) -> tuple[torch.Tensor, torch.Tensor]:
+    "Layer `name` of both weight sets, flattened: only the weights the mask keeps, when there is one."
+    a, b = theta_a[name].detach().flatten(), theta_b[name].detach().flatten()
+    if a.shape != b.shape: raise ValueError(f"layer {name!r}: shapes {tuple(theta_a[name].shape)} and {tuple(theta_b[name].shape)} differ")
+    if mask is None: return a, b
+    m = mask[name].detach().flatten().bool().to(a.device)
+    if m.numel() != a.numel(): raise ValueError(f"layer {name!r}: the mask has {m.numel()} entries, the weights {a.numel()}")
+    return a[m], b[m]
 
 # %% ../nbs/16_sanity.ipynb #0eca4aee
 def correlation_indicator(theta_a: Mapping[str, torch.Tensor], # layer name -> weights (e.g. θ_0)
@@ -92,20 +119,10 @@ def correlation_indicator(theta_a: Mapping[str, torch.Tensor], # layer name -> w
                           mask: Mapping[str, torch.Tensor] | Mask | None = None, # per layer: the weights counted (a sparse network's remaining ones)
                          ) -> float:
     "R_p: the overlap of the top-p fraction by magnitude of two weight sets, summed over layers (Ma et al., App. G, eq. 1)."
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 1:
-        raise ValueError(f"p={p!r}: the top fraction must be in (0, 1]")
-    if set(theta_a) != set(theta_b):
-        raise ValueError(f"theta_a and theta_b name different layers: {sorted(set(theta_a) ^ set(theta_b))}")
-    if mask is not None and set(mask) != set(theta_a):
-        raise ValueError(f"mask names different layers than the weights: {sorted(set(mask) ^ set(theta_a))}")
+    _check_rp(theta_a, theta_b, p, mask)
     both = top = 0
     for name in theta_a:
-        a, b = theta_a[name].detach().flatten(), theta_b[name].detach().flatten()
-        if a.shape != b.shape: raise ValueError(f"layer {name!r}: shapes {tuple(theta_a[name].shape)} and {tuple(theta_b[name].shape)} differ")
-        if mask is not None:
-            m = mask[name].detach().flatten().bool().to(a.device)
-            if m.numel() != a.numel(): raise ValueError(f"layer {name!r}: the mask has {m.numel()} entries, the weights {a.numel()}")
-            a, b = a[m], b[m]
+        a, b = _remaining(name, theta_a, theta_b, mask)
         k = keep_count(a.numel(), p)
         if k == 0: continue
         both += int((top_count(a.abs(), k) & top_count(b.abs(), k)).sum()); top += k
@@ -121,15 +138,9 @@ JACKPOT_MODES = {"paper": "A_PRE, A_SD and A_RR at their best learning rates of 
                           "learning rate'; Appendix B ③: RR 'trained with any learning rates'); a Jackpot if some rate of the ticket beats all three",
                  "per-lr": "A_PRE, A_SD and A_RR trained at the ticket's own learning rate (a per-rate reading, not the appendix's test)"}
 
-def jackpot_conditions(table: pd.DataFrame, # rows of one network: variant, nominal, lr, acc (lth_sweep's table)
-                       tickets: Sequence[str] = ("LT-IMP", "LT-OMP"), # Appendix C's A_LT
-                       rewinding: Sequence[str] = ("WR-IMP", "WR-OMP"), # Appendix B's subnetworks (over learning rates)
-                       tolerance: float = 0.01, # "≈": A >= B - tolerance
-                       gap: float = 0.01, # "clear gap": A >= B + gap
-                       min_sparsity: float = 0.5, # "non-trivial sparsity": 1 - density >= this
-                       mode: str = "paper", # Appendix C's references: "paper" (best rate of the grid) or "per-lr" (JACKPOT_MODES)
-                      ) -> pd.DataFrame:
-    "Ma et al.'s Jackpot conditions, each row with the numbers that decide it (Appendix C, `mode`; Appendix B ①–⑤)."
+# %% ../nbs/16_sanity.ipynb #3a3e8d23
+def _check_jackpot(table: pd.DataFrame, tolerance: float, gap: float, min_sparsity: float, mode: str):
+    "`jackpot_conditions`' input, or a ValueError naming what is wrong."
     if mode not in JACKPOT_MODES:
         raise ValueError(f"mode={mode!r}: use one of " + "; ".join(f"{k!r} ({v})" for k, v in JACKPOT_MODES.items()))
     for k, v in (("tolerance", tolerance), ("gap", gap)):
@@ -139,74 +150,112 @@ def jackpot_conditions(table: pd.DataFrame, # rows of one network: variant, nomi
     if missing: raise ValueError(f"table lacks columns {sorted(missing)} (use lth_sweep(...).table for one network)")
     if "network" in table.columns and table.network.nunique() > 1:
         raise ValueError(f"table has networks {sorted(table.network.unique())}: give one network's rows")
-    acc, lrs = _acc(table), sorted(table.lr.unique())
-    if ("dense", 1.0) not in acc.index.droplevel("lr"): raise ValueError("table has no 'dense' rows: A_PRE is the dense network's accuracy")
-    pre = acc["dense"][1.0]
-    T = int(table.query("variant == 'dense'").epochs.iloc[0]) if "epochs" in table.columns else None
-    rows = []
-    def row(appendix, condition, ticket, d, lr, value, reference, ref_name, ref_lr, need, holds, mode=None, **extra):
-        rows.append(dict(appendix=appendix, mode=mode, condition=condition, ticket=ticket, density=d, lr=lr, value=value,
-                         reference=reference, compared_with=ref_name, ref_lr=ref_lr, margin=None if reference is None else value - reference,
-                         need=need, holds=None if holds is None else bool(holds), **extra))
-    have = lambda v, d: v in acc.index.get_level_values(0) and d in acc[v].index.get_level_values(0)
-    by_lr = lambda v, d: acc[v][d] if have(v, d) else pd.Series(dtype=float)      # accuracy by learning rate
-    def best(name, s):
-        "(accuracy, learning rate, label) of the best rate of the grid; (None, None, label) when missing."
-        return (s.max(), s.idxmax(), f"{name} (best lr {s.idxmax():g})") if len(s) else (None, None, f"{name} (missing)")
-    def ref(name, s, lr):
-        "(accuracy, its learning rate, its label) of the reference `mode` compares with; (None, None, label) when missing."
-        if mode == "paper": return best(name, s)
-        return (s[lr], lr, f"{name} (lr {lr:g})") if lr in s.index else (None, None, f"{name} (missing at lr {lr:g})")
-    for ticket in tickets:
-        if ticket not in acc.index.get_level_values(0): continue
-        rr = "RR-" + ticket.split("-", 1)[1]
-        for d in sorted(acc[ticket].index.get_level_values(0).unique(), reverse=True):
-            a_lr, verdict = acc[ticket][d], {}
-            for lr, a in a_lr.items():
-                jack = []
-                for cond, (name, s), sign, need in (("A_LT ≈ A_PRE", ("dense", pre), -tolerance, f">= -{tolerance:g}"),
-                                                     ("A_LT > A_SD", ("SD", by_lr("SD", d)), gap, f">= {gap:g}"),
-                                                     ("A_LT > A_RR", (rr, by_lr(rr, d)), gap, f">= {gap:g}")):
-                    r, r_lr, label = ref(name, s, lr)
-                    row("C", cond, ticket, d, lr, a, r, label, r_lr, need, None if r is None else a >= r + sign, mode)
-                    jack.append(rows[-1]["holds"])
-                verdict[lr] = None if None in jack and False not in jack else all(jack)
-                row("C", "all three at this lr", ticket, d, lr, a, None, "", None, "all hold", verdict[lr], mode)
-            good = [lr for lr, v in verdict.items() if v]
-            at = max(good, key=a_lr.get) if good else a_lr.idxmax()
-            row("C", "Jackpot (∃ lr: all three)", ticket, d, at, a_lr[at], None,
+
+# %% ../nbs/16_sanity.ipynb #26e6aad6
+def _by_lr(acc: pd.Series, variant: str, d: float) -> pd.Series:
+    "Accuracy by learning rate of `variant` at nominal density `d` (empty when it was not trained there)."
+    have = variant in acc.index.get_level_values(0) and d in acc[variant].index.get_level_values(0)
+    return acc[variant][d] if have else pd.Series(dtype=float)
+
+def _best(name: str, s: pd.Series) -> tuple:
+    "(accuracy, learning rate, label) of the best rate of the grid; (None, None, label) when missing."
+    return (s.max(), s.idxmax(), f"{name} (best lr {s.idxmax():g})") if len(s) else (None, None, f"{name} (missing)")
+
+def _reference(name: str, s: pd.Series, lr: float, mode: str) -> tuple:
+    "(accuracy, its learning rate, its label) of the reference `mode` compares with; (None, None, label) when missing."
+    if mode == "paper": return _best(name, s)
+    return (s[lr], lr, f"{name} (lr {lr:g})") if lr in s.index else (None, None, f"{name} (missing at lr {lr:g})")
+
+# %% ../nbs/16_sanity.ipynb #514fa17e
+def _row(appendix, condition, ticket, d, lr, value, reference, ref_name, ref_lr, need, holds, mode=None, **extra) -> dict:
+    "One row of `jackpot_conditions`' table."
+    return dict(appendix=appendix, mode=mode, condition=condition, ticket=ticket, density=d, lr=lr, value=value,
+                reference=reference, compared_with=ref_name, ref_lr=ref_lr, margin=None if reference is None else value - reference,
+                need=need, holds=None if holds is None else bool(holds), **extra)
+
+# %% ../nbs/16_sanity.ipynb #4732a61d
+def _jackpot_row(ticket: str, d: float, a_lr: pd.Series, verdict: Mapping[float, bool | None], mode: str) -> dict:
+    "The 'Jackpot (∃ lr: all three)' row from the verdicts at each learning rate; `a_lr`: the ticket's accuracy by rate."
+    good = [lr for lr, v in verdict.items() if v]
+    at = max(good, key=a_lr.get) if good else a_lr.idxmax()
+    return _row("C", "Jackpot (∃ lr: all three)", ticket, d, at, a_lr[at], None,
                 f"all three at lr {', '.join(f'{x:g}' for x in good)}" if good else "all three at no lr", None, "∃ lr",
                 True if good else None if None in verdict.values() else False, mode)
-    for ticket in rewinding:
-        if ticket not in acc.index.get_level_values(0): continue
-        rr = "RR-" + ticket.split("-", 1)[1]
-        for d in sorted(acc[ticket].index.get_level_values(0).unique(), reverse=True):
-            w = acc[ticket][d]
-            top = w.idxmax()
-            row("B", "① non-trivial sparsity", ticket, d, None, 1 - d, min_sparsity, "min_sparsity", None, f"sparsity >= {min_sparsity:g}",
-                1 - d >= min_sparsity - 1e-12, T=T)
-            for cond, name in (("② SD clearly below", "SD"), ("③ ∃ lr: above RR at every lr", rr)):
-                r, r_lr, label = best(name, by_lr(name, d))
-                row("B", cond, ticket, d, top, w.max(), r, label, r_lr, f">= {gap:g}", None if r is None else w.max() >= r + gap)
-            m = (w - pre.reindex(w.index))
-            row("B", "④ ∃ lr: ≈ dense at the same lr", ticket, d, m.idxmax(), w[m.idxmax()], pre[m.idxmax()], f"dense (lr {m.idxmax():g})",
-                m.idxmax(), f">= -{tolerance:g}", m.max() >= -tolerance)
-            row("B", "⑤ ∃ lr: ≈ well-trained dense", ticket, d, top, w.max(), pre.max(), f"dense (best lr {pre.idxmax():g})", pre.idxmax(),
-                f">= -{tolerance:g}", w.max() >= pre.max() - tolerance)
+
+# %% ../nbs/16_sanity.ipynb #08fc1289
+def _ticket_at(acc: pd.Series, pre: pd.Series, ticket: str, d: float, tolerance: float, gap: float, mode: str) -> list[dict]:
+    "Appendix C's rows of `ticket` at density `d`: per learning rate the three conditions and 'all three', then the verdict."
+    rr, a_lr, verdict, rows = "RR-" + ticket.split("-", 1)[1], acc[ticket][d], {}, []
+    tests = (("A_LT ≈ A_PRE", "dense", pre, -tolerance, f">= -{tolerance:g}"),
+             ("A_LT > A_SD", "SD", _by_lr(acc, "SD", d), gap, f">= {gap:g}"),
+             ("A_LT > A_RR", rr, _by_lr(acc, rr, d), gap, f">= {gap:g}"))
+    for lr, a in a_lr.items():
+        jack = []
+        for cond, name, s, sign, need in tests:
+            r, r_lr, label = _reference(name, s, lr, mode)
+            rows.append(_row("C", cond, ticket, d, lr, a, r, label, r_lr, need, None if r is None else a >= r + sign, mode))
+            jack.append(rows[-1]["holds"])
+        verdict[lr] = None if None in jack and False not in jack else all(jack)
+        rows.append(_row("C", "all three at this lr", ticket, d, lr, a, None, "", None, "all hold", verdict[lr], mode))
+    return rows + [_jackpot_row(ticket, d, a_lr, verdict, mode)]
+
+# %% ../nbs/16_sanity.ipynb #7d9d1acd
+def _rewinding_at(acc: pd.Series, pre: pd.Series, ticket: str, d: float, tolerance: float, gap: float, min_sparsity: float,
+                  T: int | None) -> list[dict]:
+    "Appendix B's rows ①–⑤ of the subnetwork `ticket` at density `d`, comparing across learning rates."
+    rr, w = "RR-" + ticket.split("-", 1)[1], acc[ticket][d]
+    top = w.idxmax()
+    rows = [_row("B", "① non-trivial sparsity", ticket, d, None, 1 - d, min_sparsity, "min_sparsity", None, f"sparsity >= {min_sparsity:g}",
+                 1 - d >= min_sparsity - 1e-12, T=T)]
+    for cond, name in (("② SD clearly below", "SD"), ("③ ∃ lr: above RR at every lr", rr)):
+        r, r_lr, label = _best(name, _by_lr(acc, name, d))
+        rows.append(_row("B", cond, ticket, d, top, w.max(), r, label, r_lr, f">= {gap:g}", None if r is None else w.max() >= r + gap))
+    m = (w - pre.reindex(w.index))
+    rows.append(_row("B", "④ ∃ lr: ≈ dense at the same lr", ticket, d, m.idxmax(), w[m.idxmax()], pre[m.idxmax()], f"dense (lr {m.idxmax():g})",
+                     m.idxmax(), f">= -{tolerance:g}", m.max() >= -tolerance))
+    rows.append(_row("B", "⑤ ∃ lr: ≈ well-trained dense", ticket, d, top, w.max(), pre.max(), f"dense (best lr {pre.idxmax():g})", pre.idxmax(),
+                     f">= -{tolerance:g}", w.max() >= pre.max() - tolerance))
+    return rows
+
+# %% ../nbs/16_sanity.ipynb #68c1100c
+def _densities(acc: pd.Series, variant: str) -> list[float]:
+    "The nominal densities `variant` was trained at, densest first."
+    return sorted(acc[variant].index.get_level_values(0).unique(), reverse=True)
+
+def jackpot_conditions(table: pd.DataFrame, # rows of one network: variant, nominal, lr, acc (lth_sweep's table)
+                       tickets: Sequence[str] = ("LT-IMP", "LT-OMP"), # Appendix C's A_LT
+                       rewinding: Sequence[str] = ("WR-IMP", "WR-OMP"), # Appendix B's subnetworks (over learning rates)
+                       tolerance: float = 0.01, # "≈": A >= B - tolerance
+                       gap: float = 0.01, # "clear gap": A >= B + gap
+                       min_sparsity: float = 0.5, # "non-trivial sparsity": 1 - density >= this
+                       mode: str = "paper", # Appendix C's references: "paper" (best rate of the grid) or "per-lr" (JACKPOT_MODES)
+                      ) -> pd.DataFrame:
+    "Ma et al.'s Jackpot conditions, each row with the numbers that decide it (Appendix C, `mode`; Appendix B ①–⑤)."
+    _check_jackpot(table, tolerance, gap, min_sparsity, mode)
+    acc = _acc(table)
+    if ("dense", 1.0) not in acc.index.droplevel("lr"): raise ValueError("table has no 'dense' rows: A_PRE is the dense network's accuracy")
+    pre, trained = acc["dense"][1.0], set(acc.index.get_level_values(0))
+    T = int(table.query("variant == 'dense'").epochs.iloc[0]) if "epochs" in table.columns else None
+    rows = [r for t in tickets if t in trained for d in _densities(acc, t) for r in _ticket_at(acc, pre, t, d, tolerance, gap, mode)]
+    rows += [r for t in rewinding if t in trained for d in _densities(acc, t)
+             for r in _rewinding_at(acc, pre, t, d, tolerance, gap, min_sparsity, T)]
     return pd.DataFrame(rows)
 
 # %% ../nbs/16_sanity.ipynb #ab3d0439
 def _step(epochs, milestones, batch_size, lr=0.1, crop=0, flip=False, weight_decay=5e-4) -> dict:
+    "A step-schedule SGD recipe (Table E.1's kind), as the plain dict a preset holds."
     return Recipe(optimizer="sgd", lr=lr, momentum=0.9, weight_decay=weight_decay, schedule="multistep", milestones=tuple(milestones),
                   gamma=0.1, epochs=epochs, batch_size=batch_size, crop=crop, flip=flip).to_dict()
 
 def _lth_preset(model, recipe, levels, focus, exclude=(), options=None) -> dict:
+    "One network of the grid: its model, recipe, IMP levels, focus densities, dense layers and model options."
     return dict(model=model, recipe=recipe, levels=list(levels), focus=list(focus), exclude=list(exclude), options=dict(options or {}))
 
+# %% ../nbs/16_sanity.ipynb #5e829ece
 _E1 = _step(160, (80, 120), 64, crop=4, flip=True)          # Table E.1, CIFAR-10/100
 _PAPER_LEVELS = [0.8**r for r in range(1, 15)]
 _PAPER_FOCUS = [0.8**4, 0.8**7, 0.8**11, 0.8**14]           # sparsity 0.59, 0.79, 0.914, 0.956
-LTH = {
+_LTH_TABLE = {
     "paper": dict(data="cifar10", networks={m: _lth_preset(m, _E1, _PAPER_LEVELS, _PAPER_FOCUS, exclude=("first", "last"))
                                             for m in ("resnet20", "resnet32", "mobilenet-v1", "resnet18")},
                   models=["resnet20"], lrs=[0.005, 0.01, 0.1], rewind_epoch=8, seed=0, rr_seed=None, ps=[0.05, 0.1, 0.2, 0.3, 0.5]),
@@ -220,6 +269,40 @@ LTH = {
                     "lenet-300-100": _lth_preset("lenet-300-100", _step(2, (1,), 64), [0.64, 0.41], [0.64, 0.41])},
                   models=["lenet-300-100"], lrs=[0.005, 0.01, 0.1], rewind_epoch=1, seed=0, rr_seed=None, ps=[0.1, 0.5]),
 }
+_LTH_FIGURES = {"sanity_figA1": {}, "sanity_figD": dict(tolerance=0.01, gap=0.01, min_sparsity=0.5),
+                "sanity_figF": dict(tolerance=0.01, gap=0.01, min_sparsity=0.5, jackpot="paper"), "sanity_figG": dict(density=None)}
+
+# %% ../nbs/16_sanity.ipynb #04a1e6cb
+@dataclass(frozen=True)
+class LTHSpec(ExperimentSpec):
+    "Ma et al.'s experiment: the grid Figures A.1, D, F and G share, and each figure's own knobs; checked when built."
+    data: str = "digits"                                # the dataset
+    networks: dict = field(default_factory=dict)        # name -> `_lth_preset(...)`: the networks a preset can sweep
+    models: list[str] = field(default_factory=list)     # the networks swept (names of `networks`)
+    lrs: list[float] = field(default_factory=lambda: [0.005, 0.01, 0.1])   # every network is trained at each
+    rewind_epoch: int = 1                               # WR's t: the dense network's epoch the masks rewind to
+    seed: int = 0                                       # initialisation and data order
+    rr_seed: int | None = None                          # RR's reinitialisation (None: seed + 1)
+    ps: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2, 0.3, 0.5])   # the fractions p of R_p
+    tolerance: float = 0.01                             # "≈": A >= B - tolerance (Figures D, F)
+    gap: float = 0.01                                   # "clear gap": A >= B + gap (Figures D, F)
+    min_sparsity: float = 0.5                           # "non-trivial sparsity" (Figures D, F)
+    jackpot: str = "paper"                              # Appendix C's test the claims use (Figure F; `JACKPOT_MODES`)
+    density: float | None = None                        # the focus density Figure G shows (None: the densest)
+    TABLE = _LTH_TABLE
+    FIGURES = _LTH_FIGURES
+
+    def check(self):
+        "The rules between knobs: the models are the preset's networks, the rates positive, then p, the Jackpot thresholds and test, the density."
+        bad = [m for m in self.models if m not in self.networks]
+        if bad: raise ValueError(f"models={self.models!r}: the {self.preset} preset has {', '.join(map(repr, self.networks))}")
+        if not self.lrs or any(v <= 0 for v in self.lrs): raise ValueError(f"lrs={self.lrs!r}: give positive learning rates")
+        if not self.ps or any(not 0 < p <= 1 for p in self.ps): raise ValueError(f"ps={self.ps!r}: give fractions in (0, 1]")
+        for k in ("tolerance", "gap"):
+            if self[k] < 0: raise ValueError(f"{k}={self[k]!r}: use a number >= 0")
+        if not 0 <= self.min_sparsity < 1: raise ValueError(f"min_sparsity={self.min_sparsity!r}: use a number in [0, 1)")
+        if self.jackpot not in JACKPOT_MODES: raise ValueError(f"jackpot={self.jackpot!r}: use one of {', '.join(map(repr, JACKPOT_MODES))}")
+        if self.density is not None and not 0 < self.density <= 1: raise ValueError(f"density={self.density!r}: use a density in (0, 1] or None")
 
 # %% ../nbs/16_sanity.ipynb #62c6aa65
 @dataclass(repr=False)
@@ -237,17 +320,38 @@ class LTHSweep:
         "The table's rows of one network."
         return self.table[self.table.network == name]
 
-def _lth_network(cfg: Mapping, name: str, lr: float, variants: Sequence[str], densities: str | Sequence[float]):
-    "`lottery_sanity` of one network at one learning rate."
+# %% ../nbs/16_sanity.ipynb #19279050
+def _correlations(ls, name: str, lr: float, ps: Sequence[float]) -> list[dict]:
+    "R_p(start, trained) over the masked layers for every variant and level `ls` (a `LotterySanity`) kept the weights of, at every p."
+    t = ls.table
+    return [dict(network=name, lr=lr, variant=variant, target=t.nominal[t.level == level].iloc[0], density=mask.density, p=p,
+                 R_p=correlation_indicator(start, trained, p, mask))
+            for (variant, level), (start, trained, mask) in ls.weights.items() for p in ps]
+
+def _lth_network(cfg: Mapping, name: str, lr: float, variants: Sequence[str], densities: str | Sequence[float]) -> tuple[pd.DataFrame, list[dict]]:
+    "`lottery_sanity` of one network at one learning rate: its table (with `network` and `lr`) and its R_p rows."
     net = cfg["networks"][name]
     ds = net[densities] if isinstance(densities, str) else list(densities)
     spec = model_for(cfg["data"], net["model"], seed=cfg["seed"], **net["options"])
-    return lottery_sanity(spec, cfg["data"], ds, Recipe(**net["recipe"]).replace(lr=lr), variants=variants, rewind_epoch=cfg["rewind_epoch"],
-                          rr_seed=cfg["rr_seed"], seed=cfg["seed"], exclude=net["exclude"], progress=False)
+    ls = lottery_sanity(spec, cfg["data"], ds, Recipe(**net["recipe"]).replace(lr=lr), variants=variants, rewind_epoch=cfg["rewind_epoch"],
+                        rr_seed=cfg["rr_seed"], seed=cfg["seed"], exclude=net["exclude"], progress=False)
+    return ls.table.assign(network=name, lr=lr), _correlations(ls, name, lr, cfg["ps"])
 
-def _lth_unit(u: dict): _lth_network(**u)
+def _lth_unit(u: dict) -> tuple[pd.DataFrame, list[dict]]: return _lth_network(**u)
 
-def lth_sweep(cfg: Mapping, # a filled LTH preset
+# %% ../nbs/16_sanity.ipynb #f9a98933
+def _sweep_grid(cfg: Mapping, models, lrs, densities) -> list[tuple[str, float]]:
+    "The (network, learning rate) units of `lth_sweep`: `models` and `lrs` (default: the spec's) checked against the spec."
+    names = cfg["models"] if models is None else ([models] if isinstance(models, str) else list(models))
+    bad = [m for m in names if m not in cfg["networks"]]
+    if bad: raise ValueError(f"models={names!r}: this preset has {', '.join(map(repr, cfg['networks']))}")
+    lrs = cfg["lrs"] if lrs is None else ([lrs] if isinstance(lrs, (int, float)) else list(lrs))
+    if isinstance(densities, str) and densities not in ("levels", "focus"):
+        raise ValueError(f"densities={densities!r}: use 'levels', 'focus' or a list of densities")
+    return [(n, lr) for n in names for lr in lrs]
+
+# %% ../nbs/16_sanity.ipynb #0c5f01b6
+def lth_sweep(cfg: Mapping, # a filled `LTHSpec` (or a mapping with its knobs)
               variants: Sequence[str] = ("LT-IMP", "RR-IMP", "LT-OMP", "RR-OMP"), # from imp.VARIANTS
               densities: str | Sequence[float] = "levels", # "levels", "focus", or densities
               models: str | Sequence[str] | None = None, # default: cfg["models"]
@@ -257,50 +361,15 @@ def lth_sweep(cfg: Mapping, # a filled LTH preset
               progress: bool = True,
              ) -> LTHSweep:
     "Run (or load) LT/RR × IMP/OMP, WR and SD for each network and learning rate of the preset; tables and R_p."
-    names = cfg["models"] if models is None else ([models] if isinstance(models, str) else list(models))
-    bad = [m for m in names if m not in cfg["networks"]]
-    if bad: raise ValueError(f"models={names!r}: this preset has {', '.join(map(repr, cfg['networks']))}")
-    lrs = cfg["lrs"] if lrs is None else ([lrs] if isinstance(lrs, (int, float)) else list(lrs))
-    if isinstance(densities, str) and densities not in ("levels", "focus"):
-        raise ValueError(f"densities={densities!r}: use 'levels', 'focus' or a list of densities")
-    stats0, tables, corr = dict(STATS), [], []
-    grid = [(n, lr) for n in names for lr in lrs]
-    runs.sweep([dict(cfg=cfg, name=n, lr=lr, variants=list(variants), densities=densities) for n, lr in grid], _lth_unit, executor,
-               workers=workers, desc="lth sweep", progress=progress)
-    swept = run_counts(stats0)
-    for name, lr in grid:                                    # every run is cached now: this loads them
-        ls = _lth_network(cfg, name, lr, variants, densities)
-        tables.append(ls.table.assign(network=name, lr=lr))
-        for (variant, level), (start, trained, mask) in ls.weights.items():
-            for p in cfg["ps"]:
-                corr.append(dict(network=name, lr=lr, variant=variant, target=ls.table.nominal[ls.table.level == level].iloc[0],
-                                 density=mask.density, p=p, R_p=correlation_indicator(start, trained, p, mask)))
-    table = pd.concat(tables, ignore_index=True)
+    grid, stats0 = _sweep_grid(cfg, models, lrs, densities), dict(STATS)
+    units = [dict(cfg=cfg, name=n, lr=lr, variants=list(variants), densities=densities) for n, lr in grid]
+    done = runs.sweep(units, _lth_unit, executor, workers=workers, desc="lth sweep", progress=progress)   # in grid order
+    table = pd.concat([t for t, _ in done], ignore_index=True)
     table["method"], table["target"] = table.variant, table.nominal
     cols = ["network", "lr", "variant"] + [c for c in table.columns if c not in ("network", "lr", "variant")]
-    return LTHSweep(table[cols], pd.DataFrame(corr), runs.gathered_counts(stats0, swept))
+    return LTHSweep(table[cols], pd.DataFrame([r for _, rows in done for r in rows]), run_counts(stats0))
 
 # %% ../nbs/16_sanity.ipynb #98495cb6
-LTH_FIGURES = {"sanity_figA1": {}, "sanity_figD": dict(tolerance=0.01, gap=0.01, min_sparsity=0.5),
-               "sanity_figF": dict(tolerance=0.01, gap=0.01, min_sparsity=0.5, jackpot="paper"), "sanity_figG": dict(density=None)}
-
-def lth_preset(figure: str) -> dict:
-    "The preset table (smoke/cpu/paper) of one of Ma et al.'s figure notebooks: the sweep's knobs plus its own."
-    if figure not in LTH_FIGURES: raise ValueError(f"figure={figure!r}: use one of {', '.join(map(repr, LTH_FIGURES))}")
-    return {p: {**LTH[p], **LTH_FIGURES[figure]} for p in PRESETS}
-
-def check_lth(cfg: Mapping) -> dict:
-    "A filled LTH preset (`fill_preset(lth_preset(figure), ...)`) with `models` and `lrs` as lists, checked against it."
-    cfg = dict(cfg)
-    for k in ("models", "lrs"):
-        if isinstance(cfg[k], (str, int, float)): cfg[k] = [cfg[k]]
-    bad = [m for m in cfg["models"] if m not in cfg["networks"]]
-    if bad: raise ValueError(f"models={cfg['models']!r}: the {cfg['preset']} preset has {', '.join(map(repr, cfg['networks']))}")
-    if not cfg["lrs"] or any(isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0 for v in cfg["lrs"]):
-        raise ValueError(f"lrs={cfg['lrs']!r}: give positive learning rates")
-    return cfg
-
-
 def lt_advantage(table: pd.DataFrame, # one network's rows (lth_sweep)
                  ticket: str = "LT-IMP", # minus its RR counterpart, or any other variant via `other`
                  other: str | None = None, # default: "RR-" + the mask's name
@@ -311,4 +380,3 @@ def lt_advantage(table: pd.DataFrame, # one network's rows (lth_sweep)
     if ticket not in acc.index.get_level_values(0) or other not in acc.index.get_level_values(0):
         raise ValueError(f"the table lacks {ticket!r} or {other!r}: it has {sorted(set(acc.index.get_level_values(0)))}")
     return (acc[ticket] - acc[other]).dropna().groupby("lr").mean()
-

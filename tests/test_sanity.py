@@ -234,3 +234,82 @@ def test_jackpot_modes_and_appendix_b_rows():
     rows = b["paper"].set_index("condition")
     assert rows.holds.tolist() == [True] * 5
     assert rows.compared_with["⑤ ∃ lr: ≈ well-trained dense"] == "dense (best lr 0.1)" and rows.ref_lr["④ ∃ lr: ≈ dense at the same lr"] == 0.005
+
+
+# --- Ma et al.'s experiment spec and sweep ----------------------------------------------------------------------------
+
+import json
+import ast
+from pathlib import Path
+
+from paper_repro.core import PRESETS, RUN_KNOBS
+from paper_repro.sanity import LTHSpec, lth_sweep
+
+NBS = Path(__file__).resolve().parents[1] / "nbs"
+FIGURES = ("sanity_figA1", "sanity_figD", "sanity_figF", "sanity_figG")
+
+
+def parameters(nb):
+    "The names a notebook's `parameters` cell assigns."
+    cell = next(c for c in json.loads((NBS / f"{nb}.ipynb").read_text())["cells"] if "parameters" in c["metadata"].get("tags", []))
+    return [n.targets[0].id for n in ast.parse("".join(cell["source"])).body if isinstance(n, ast.Assign)]
+
+
+@pytest.mark.parametrize("nb", FIGURES)
+def test_every_notebook_parameter_is_a_typed_knob_of_its_figure(nb):
+    names = parameters(nb)
+    assert set(LTHSpec.FIGURES) == set(FIGURES) and "preset" in names
+    for preset in PRESETS:
+        cfg = LTHSpec.fill(nb, **{k: preset if k == "preset" else None for k in names})   # None: the preset's value
+        assert cfg.preset == preset and cfg.figure == nb
+        assert set(names) - {"preset"} <= set(cfg) and set(names) - {"preset"} <= set(RUN_KNOBS) | set(LTHSpec.knobs(nb)[preset])
+        assert cfg.networks == LTHSpec.TABLE[preset]["networks"] and cfg.models == LTHSpec.TABLE[preset]["models"]
+        assert all(isinstance(v, float) for v in cfg.lrs + cfg.ps) and set(cfg.models) <= set(cfg.networks)
+    assert set(LTHSpec.knobs(nb)["cpu"]) == set(LTHSpec.TABLE["cpu"]) | set(LTHSpec.FIGURES[nb])
+
+
+def test_lth_spec_types_and_rules():
+    g = LTHSpec.fill("sanity_figG", "paper", models="resnet18", lrs="[0.01, 1]", ps=0.5, density=0.41, rr_seed=3)
+    assert (g.models, g.lrs, g.ps, g.density, g.rr_seed, g.rewind_epoch) == (["resnet18"], [0.01, 1.0], [0.5], 0.41, 3, 8)
+    assert g["data"] == "cifar10" and dict(g)["jackpot"] == "paper"
+    with pytest.raises(Exception):
+        g.models = ["resnet20"]                                                   # frozen
+    assert g.replace(lrs=0.1).lrs == [0.1] and g.lrs == [0.01, 1.0]
+    cases = [(dict(models="vgg16"), r"models=\['vgg16'\]: the cpu preset has 'lenet-300-100', 'small-cnn'"),
+             (dict(lrs=[0.1, 0]), r"lrs=\[0.1, 0.0\]: give positive learning rates"),
+             (dict(lrs=[]), r"lrs=\[\]: give positive"),
+             (dict(lrs=["fast"]), r"lrs=\['fast'\]: use a list of numbers"),
+             (dict(seed=0.5), r"seed=0.5: use an integer"),
+             (dict(tolerance=0.01), r"unknown parameter\(s\) \['tolerance'\]")]                # Figure A.1 has no thresholds
+    for given, msg in cases:
+        with pytest.raises(ValueError, match=msg):
+            LTHSpec.fill("sanity_figA1", "cpu", **given)
+    for nb, given, msg in [("sanity_figF", dict(jackpot="best"), r"jackpot='best': use one of 'paper', 'per-lr'"),
+                           ("sanity_figD", dict(gap=-1), r"gap=-1.0: use a number >= 0"),
+                           ("sanity_figD", dict(min_sparsity=1), r"min_sparsity=1.0: use a number in \[0, 1\)"),
+                           ("sanity_figG", dict(ps=[0]), r"ps=\[0.0\]: give fractions in \(0, 1\]"),
+                           ("sanity_figG", dict(density=1.5), r"density=1.5")]:
+        with pytest.raises(ValueError, match=msg):
+            LTHSpec.fill(nb, "cpu", **given)
+
+
+def test_lth_sweep_cold_computes_every_run_and_a_second_call_loads_them(tmp_path, monkeypatch):
+    """One pass: a cold sweep loads none of the runs it computes itself (nothing is read back), and its count is the
+    number of runs the cache then holds; a second call loads them all, computes none and returns the same tables.
+    The units come back in grid order (the learning rates as given), and a wider grid loads the runs it shares."""
+    monkeypatch.setenv("PAPER_REPRO_OUTPUTS", str(tmp_path))
+    cfg = LTHSpec.fill("sanity_figG", "smoke")
+    kw = dict(variants=("LT-IMP", "RR-IMP"), densities=[0.64], lrs=[0.1, 0.01], progress=False)
+    first = lth_sweep(cfg, **kw)
+    held = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert first.cache == dict(loaded=0, computed=len(held)) and len(held) == 2 * 4       # per lr: IMP rounds 0 (dense), 1, 2 (LT at 0.64), RR
+    assert first.table.lr.tolist() == [0.1] * 3 + [0.01] * 3 and first.table.variant.tolist() == ["dense", "LT-IMP", "RR-IMP"] * 2
+    assert list(first.table.columns[:3]) == ["network", "lr", "variant"] and first.table.key.nunique() == 6
+    assert first.correlations.lr.tolist() == [0.1] * 6 + [0.01] * 6 and set(first.correlations.p) == {0.1, 0.5}
+    again = lth_sweep(cfg, **kw)
+    assert again.cache == dict(loaded=len(held), computed=0)
+    pd.testing.assert_frame_equal(again.table, first.table)
+    pd.testing.assert_frame_equal(again.correlations, first.correlations)
+    wider = lth_sweep(cfg, **{**kw, "lrs": [0.005, 0.01, 0.1]})
+    assert wider.cache == dict(loaded=len(held), computed=4)
+    pd.testing.assert_frame_equal(wider.table[wider.table.lr == 0.1].reset_index(drop=True), first.table[first.table.lr == 0.1].reset_index(drop=True))
