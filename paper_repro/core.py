@@ -144,11 +144,11 @@ def get_device(device: str | torch.device | None = None, # "cpu", "cuda", "cuda:
         raise ValueError(f"{source}={device!r} is not a device; allowed: 'auto', 'cpu', 'cuda', 'cuda:<index>', 'mps'") from None
     return _available(d, device, source)
 
-# %% ../nbs/00_core.ipynb #4fbbac3c
+# %% ../nbs/00_core.ipynb #ea5c7bc0
 def seed_everything(seed: int, # a non-negative integer below 2**32
                     deterministic: bool = False, # also ask torch for deterministic kernels (slower on CUDA)
                    ) -> int:
-    "Seed `random`, NumPy and torch (CPU and CUDA) with `seed`; return it."
+    "Seed the global generators of `random`, NumPy and torch (CPU and CUDA) with `seed` (with `deterministic`, also torch's kernel choice), for the whole process; return it."
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
         raise ValueError(f"seed={seed!r}: use an integer in [0, 2**32)")
     random.seed(int(seed)); np.random.seed(int(seed)); torch.manual_seed(int(seed))

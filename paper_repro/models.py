@@ -585,10 +585,11 @@ def prunable_weights(model: nn.Module, # any model: layers found by type, so tor
     if "last" in exclude and names: drop.add(names[-1])
     return {n: found[n] for n in names if n not in drop}
 
-# %% ../nbs/02_models.ipynb #c46d8b28
+# %% ../nbs/02_models.ipynb #8aef5ee8
 def _train_step(m: nn.Module, c: int, s: int, k: int, batch_size: int) -> Callable[[], None]:
     "One SGD step of `m` on a fixed random batch (`batch_size` images c×s×s, `k` classes), as a callable to time."
-    x, y = torch.randn(batch_size, c, s, s), torch.randint(0, k, (batch_size,))
+    g = torch.Generator().manual_seed(0)   # its own generator: timing a table leaves the global random stream alone
+    x, y = torch.randn(batch_size, c, s, s, generator=g), torch.randint(0, k, (batch_size,), generator=g)
     opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9)
     def step(m=m, opt=opt, x=x, y=y):
         opt.zero_grad(set_to_none=True); F.cross_entropy(m(x), y).backward(); opt.step()
