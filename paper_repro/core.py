@@ -46,9 +46,7 @@ def expect_error(f, exc, *contains):
         return msg
     raise AssertionError(f"{f} did not raise {exc.__name__}")
 
-# %% ../nbs/00_core.ipynb #ebfd5156
-DATA_ENV, OUTPUTS_ENV = "PAPER_REPRO_DATA", "PAPER_REPRO_OUTPUTS"
-
+# %% ../nbs/00_core.ipynb #fd7b6d0c
 def _start_dir() -> Path:
     try: return Path(__file__).resolve().parent  # the exported module: paper_repro/core.py
     except NameError: return Path.cwd()          # this notebook, run from nbs/
@@ -59,6 +57,7 @@ def _is_checkout(d: Path) -> bool:
     cfg = ConfigParser(delimiters=["="]); cfg.read(ini)
     return cfg["DEFAULT"].get("lib_name") == "paper_repro"
 
+# %% ../nbs/00_core.ipynb #03ae1aff
 def repo_root() -> Path | None:
     "The paper_repro checkout (the folder with its `settings.ini`) this code runs from, or None."
     for start in (_start_dir(), Path.cwd().resolve()):
@@ -66,11 +65,14 @@ def repo_root() -> Path | None:
             if _is_checkout(d): return d
     return None
 
-# %% ../nbs/00_core.ipynb #f8547162
+# %% ../nbs/00_core.ipynb #8ac869a5
+DATA_ENV, OUTPUTS_ENV = "PAPER_REPRO_DATA", "PAPER_REPRO_OUTPUTS"
+
 def _dir_from(env: str, default: str) -> Path:
     if os.environ.get(env): return Path(os.environ[env]).expanduser().resolve()
     return (repo_root() or Path.cwd().resolve())/default
 
+# %% ../nbs/00_core.ipynb #e9bae37f
 def data_dir() -> Path:
     "Dataset root: $PAPER_REPRO_DATA, else `data/` in the checkout (or the current folder)."
     return _dir_from(DATA_ENV, "data")
@@ -79,7 +81,7 @@ def outputs_dir() -> Path:
     "Results root: $PAPER_REPRO_OUTPUTS, else `outputs/` in the checkout (or the current folder)."
     return _dir_from(OUTPUTS_ENV, "outputs")
 
-# %% ../nbs/00_core.ipynb #872078e7
+# %% ../nbs/00_core.ipynb #cf2ebe1c
 def experiment_dir(name: str, # notebook name, e.g. "fig3"
                    preset: str | None = None, # the resolved preset; "smoke" writes under outputs/smoke/
                   ) -> Path:
@@ -89,6 +91,7 @@ def experiment_dir(name: str, # notebook name, e.g. "fig3"
     d.mkdir(parents=True, exist_ok=True)
     return d
 
+# %% ../nbs/00_core.ipynb #8988bb4f
 EXPERIMENT_NOTEBOOK = re.compile(r"^(fig\d+|rti_fig\d+|sanity_fig\w+|asni_(fig|table)\d+|data_\w+)$")
 
 RUN_FIRST = ("fig4", "asni_table2")  # notebooks that compute the runs other notebooks read
@@ -100,27 +103,22 @@ def experiment_notebooks(nbs: str | Path | None = None, # notebook folder (defau
     names = sorted(p.stem for p in nbs.glob("*.ipynb") if EXPERIMENT_NOTEBOOK.match(p.stem))
     return [n for n in RUN_FIRST if n in names] + [n for n in names if n not in RUN_FIRST]
 
+# %% ../nbs/00_core.ipynb #97243e78
 def save_json(obj: Any, path: str | Path) -> Path:
     "Write `obj` as indented JSON (non-JSON values as strings); return the path."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj, indent=2, default=str) + "\n")
     return path
 
-# %% ../nbs/00_core.ipynb #03cfe3f1
+# %% ../nbs/00_core.ipynb #cc2c037f
 DEVICE_ENV = "PAPER_REPRO_DEVICE"
 
 class DeviceUnavailableError(RuntimeError):
     "A device was asked for that this machine does not have."
 
-def get_device(device: str | torch.device | None = None, # "cpu", "cuda", "cuda:1", "mps", "auto" or None
-              ) -> torch.device:
-    "`device`, else $PAPER_REPRO_DEVICE, else cuda when available, else cpu. An unavailable device is an error."
-    source = "device"
-    if device is None and os.environ.get(DEVICE_ENV): device, source = os.environ[DEVICE_ENV], f"${DEVICE_ENV}"
-    if device is None or device == "auto": return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try: d = torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        raise ValueError(f"{source}={device!r} is not a device; allowed: 'auto', 'cpu', 'cuda', 'cuda:<index>', 'mps'") from None
+# %% ../nbs/00_core.ipynb #066316de
+def _available(d: torch.device, device, source: str) -> torch.device:
+    "`d` (parsed from `device`, given by `source`) if this machine has it; else an error saying what is missing."
     if d.type == "cpu": return d
     if d.type == "cuda":
         if not torch.cuda.is_available():
@@ -134,11 +132,23 @@ def get_device(device: str | torch.device | None = None, # "cpu", "cuda", "cuda:
         return d
     raise ValueError(f"{source}={device!r}: device type {d.type!r} is not supported; allowed: 'auto', 'cpu', 'cuda', 'cuda:<index>', 'mps'")
 
-# %% ../nbs/00_core.ipynb #4fbbac3c
+# %% ../nbs/00_core.ipynb #8a96e29f
+def get_device(device: str | torch.device | None = None, # "cpu", "cuda", "cuda:1", "mps", "auto" or None
+              ) -> torch.device:
+    "`device`, else $PAPER_REPRO_DEVICE, else cuda when available, else cpu. An unavailable device is an error."
+    source = "device"
+    if device is None and os.environ.get(DEVICE_ENV): device, source = os.environ[DEVICE_ENV], f"${DEVICE_ENV}"
+    if device is None or device == "auto": return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try: d = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"{source}={device!r} is not a device; allowed: 'auto', 'cpu', 'cuda', 'cuda:<index>', 'mps'") from None
+    return _available(d, device, source)
+
+# %% ../nbs/00_core.ipynb #ea5c7bc0
 def seed_everything(seed: int, # a non-negative integer below 2**32
                     deterministic: bool = False, # also ask torch for deterministic kernels (slower on CUDA)
                    ) -> int:
-    "Seed `random`, NumPy and torch (CPU and CUDA) with `seed`; return it."
+    "Seed the global generators of `random`, NumPy and torch (CPU and CUDA) with `seed` (with `deterministic`, also torch's kernel choice), for the whole process; return it."
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
         raise ValueError(f"seed={seed!r}: use an integer in [0, 2**32)")
     random.seed(int(seed)); np.random.seed(int(seed)); torch.manual_seed(int(seed))
@@ -147,10 +157,11 @@ def seed_everything(seed: int, # a non-negative integer below 2**32
         torch.backends.cudnn.benchmark = False
     return int(seed)
 
-# %% ../nbs/00_core.ipynb #11b59ff0
+# %% ../nbs/00_core.ipynb #63ff469a
 PRESETS = ("smoke", "cpu", "paper")
 PRESET_ENV = "PAPER_REPRO_PRESET"
 
+# %% ../nbs/00_core.ipynb #e9f1f82c
 def resolve_preset(preset: str = "auto", # one of "auto", "smoke", "cpu", "paper"
                   ) -> str:
     "The concrete preset: `preset` itself, or for auto: smoke under IN_TEST, else $PAPER_REPRO_PRESET, else paper on CUDA, else cpu."
@@ -164,7 +175,7 @@ def resolve_preset(preset: str = "auto", # one of "auto", "smoke", "cpu", "paper
         return env
     return "paper" if get_device().type == "cuda" else "cpu"
 
-# %% ../nbs/00_core.ipynb #2f426889
+# %% ../nbs/00_core.ipynb #c15e7288
 EXECUTORS = ("serial", "pool", "submitit", "ray")
 EXTRAS = {"submitit": "submitit", "ray": "ray"}  # executor -> the pip extra that installs it
 
@@ -175,6 +186,7 @@ def executor_module(executor: str):
         raise ImportError(f"executor={executor!r} needs the {EXTRAS[executor]!r} package, which is not installed: "
                           f"pip install -e '.[{EXTRAS[executor]}]' (or pip install {EXTRAS[executor]})") from e
 
+# %% ../nbs/00_core.ipynb #065d5614
 def check_executor(executor: str) -> str:
     "`executor` if it is one of `EXECUTORS` (and its package is installed); else a clear error."
     if executor not in EXECUTORS:
@@ -221,7 +233,7 @@ def use_threads(preset: str, # a resolved preset ("smoke", "cpu", "paper")
     if preset == "smoke": torch.set_num_threads(SMOKE_THREADS)
     return torch.get_num_threads()
 
-# %% ../nbs/00_core.ipynb #2d815609
+# %% ../nbs/00_core.ipynb #8f53c366
 def _words(tp, many: bool = False) -> str:
     "A type annotation in words, for error messages."
     o, args = typing.get_origin(tp), typing.get_args(tp)
@@ -231,37 +243,66 @@ def _words(tp, many: bool = False) -> str:
              bool: ("True or False", "booleans"), dict: ("a dict", "dicts"), type(None): ("None", "None")}
     return names.get(o or tp, (str(tp),)*2)[many]
 
+# %% ../nbs/00_core.ipynb #b92851e7
+_IS = {type(None): lambda v: v is None, bool: lambda v: isinstance(v, bool), str: lambda v: isinstance(v, str),
+       dict: lambda v: isinstance(v, Mapping), int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+       float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)}   # which values each plain type takes
+
+def _coerce_scalar(name: str, value, tp, strict: bool, bad: ValueError):
+    "`value` as the plain type `tp` (int -> float; a mapping -> dict), else `bad`."
+    o = typing.get_origin(tp)
+    if (o or tp) not in _IS: raise TypeError(f"{name}: coerce does not know the annotation {tp!r}")
+    if not _IS[o or tp](value) or (strict and tp is float and not isinstance(value, float)): raise bad
+    return float(value) if tp is float else dict(value) if (o or tp) is dict else value
+
+# %% ../nbs/00_core.ipynb #aed634d0
+def _coerce_list(name: str, value, tp, strict: bool, bad: ValueError) -> list:
+    "`value` as the list type `tp`: papermill's '[0, 1]' parsed, one value -> [value], each element typed; else `bad`."
+    args = typing.get_args(tp)
+    if strict and not isinstance(value, list): raise bad
+    if isinstance(value, str) and value.strip().startswith("["):
+        try: value = json.loads(value)
+        except json.JSONDecodeError: raise bad from None
+    value = list(value) if isinstance(value, tuple) else value if isinstance(value, list) else [value]
+    try: return [coerce(name, v, args[0], strict) for v in value] if args else value
+    except ValueError: raise bad from None
+
+# %% ../nbs/00_core.ipynb #0f81bc81
+def _coerce_union(name: str, value, tp, strict: bool, bad: ValueError):
+    "`value` as the first alternative of the union `tp` it already is, else the first it converts to; else `bad`."
+    for strict_ in ((True, False) if not strict else (True,)):   # an alternative the value already is wins
+        for a in typing.get_args(tp):
+            try: return coerce(name, value, a, strict_)
+            except ValueError: pass
+    raise bad
+
 def coerce(name: str, # the knob, for the error message
            value: Any, # what the user (or the preset) gave
            tp, # the field's annotation: int, float, str, bool, dict, Any, list[...] and unions of them (`X | None`)
            strict: bool = False, # no conversion: only a value that already is `tp`
           ) -> Any:
     "`value` as `tp` asks (int -> float, one value -> [value], papermill's '[0, 1]' -> [0, 1]), else a ValueError naming it."
-    o, args = typing.get_origin(tp), typing.get_args(tp)
+    o = typing.get_origin(tp)
     bad = ValueError(f"{name}={value!r}: use {_words(tp)}")
     if tp is Any: return value
-    if o in (typing.Union, types.UnionType):
-        for strict_ in ((True, False) if not strict else (True,)):   # an alternative the value already is wins
-            for a in args:
-                try: return coerce(name, value, a, strict_)
-                except ValueError: pass
-        raise bad
-    if o is list or tp is list:
-        if strict and not isinstance(value, list): raise bad
-        if isinstance(value, str) and value.strip().startswith("["):
-            try: value = json.loads(value)
-            except json.JSONDecodeError: raise bad from None
-        value = list(value) if isinstance(value, tuple) else value if isinstance(value, list) else [value]
-        try: return [coerce(name, v, args[0], strict) for v in value] if args else value
-        except ValueError: raise bad from None
-    ok = {type(None): lambda v: v is None, bool: lambda v: isinstance(v, bool), str: lambda v: isinstance(v, str),
-          dict: lambda v: isinstance(v, Mapping), int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-          float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)}
-    if (o or tp) not in ok: raise TypeError(f"{name}: coerce does not know the annotation {tp!r}")
-    if not ok[o or tp](value) or (strict and tp is float and not isinstance(value, float)): raise bad
-    return float(value) if tp is float else dict(value) if (o or tp) is dict else value
+    if o in (typing.Union, types.UnionType): return _coerce_union(name, value, tp, strict, bad)
+    if o is list or tp is list: return _coerce_list(name, value, tp, strict, bad)
+    return _coerce_scalar(name, value, tp, strict, bad)
 
-# %% ../nbs/00_core.ipynb #f9d32dd8
+# %% ../nbs/00_core.ipynb #31393437
+def _figure_table(table: Mapping, figures: Mapping, figure: str) -> dict:
+    "The preset table (smoke/cpu/paper) of `figure`: `table`'s knobs, then the figure's own (a {preset: value} per preset)."
+    if figure not in figures: raise ValueError(f"figure={figure!r}: use one of {', '.join(map(repr, figures))}")
+    per = lambda v, p: v[p] if isinstance(v, Mapping) and set(v) == set(PRESETS) else v
+    return {p: {**table[p], **{k: per(v, p) for k, v in figures[figure].items()}} for p in PRESETS}
+
+# %% ../nbs/00_core.ipynb #d10afb7f
+def _type_fields(spec) -> None:
+    "Replace every field of the dataclass instance `spec` by its value coerced to the field's annotation (frozen or not)."
+    hints = typing.get_type_hints(type(spec))
+    for f in dataclasses.fields(spec): object.__setattr__(spec, f.name, coerce(f.name, getattr(spec, f.name), hints[f.name]))
+
+# %% ../nbs/00_core.ipynb #92f764de
 @dataclasses.dataclass(frozen=True)
 class ExperimentSpec(Mapping):
     "One paper experiment's knobs, typed by the field annotations and checked at construction (see `fill`)."
@@ -275,9 +316,7 @@ class ExperimentSpec(Mapping):
     @classmethod
     def knobs(cls, figure: str) -> dict:
         "The preset table (smoke/cpu/paper) of `figure`: the experiment's knobs, then the figure's own."
-        if figure not in cls.FIGURES: raise ValueError(f"figure={figure!r}: use one of {', '.join(map(repr, cls.FIGURES))}")
-        per = lambda v, p: v[p] if isinstance(v, Mapping) and set(v) == set(PRESETS) else v
-        return {p: {**cls.TABLE[p], **{k: per(v, p) for k, v in cls.FIGURES[figure].items()}} for p in PRESETS}
+        return _figure_table(cls.TABLE, cls.FIGURES, figure)
 
     @classmethod
     def fill(cls, figure: str, # the notebook
@@ -287,8 +326,7 @@ class ExperimentSpec(Mapping):
         return cls(figure=figure, **fill_preset(cls.knobs(figure), preset, **given))
 
     def __post_init__(self):
-        hints = typing.get_type_hints(type(self))
-        for f in dataclasses.fields(self): object.__setattr__(self, f.name, coerce(f.name, getattr(self, f.name), hints[f.name]))
+        _type_fields(self)
         if self.preset not in PRESETS: raise ValueError(f"preset={self.preset!r}: use one of {', '.join(map(repr, PRESETS))}")
         check_executor(self.executor)
         if self.workers is not None and self.workers < 1: raise ValueError(f"workers={self.workers!r}: use an integer >= 1 or None")
@@ -304,13 +342,14 @@ class ExperimentSpec(Mapping):
     def __iter__(self): return iter(self.__dataclass_fields__)
     def __len__(self): return len(self.__dataclass_fields__)
 
-# %% ../nbs/00_core.ipynb #dc3da8e2
+# %% ../nbs/00_core.ipynb #8490c3bb
 def _git(*args) -> str | None:
     root = repo_root()
     if root is None: return None
     try: return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError): return None
 
+# %% ../nbs/00_core.ipynb #3027858f
 def _cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -318,6 +357,7 @@ def _cpu_name() -> str:
     except OSError: pass
     return platform.processor() or platform.machine()
 
+# %% ../nbs/00_core.ipynb #5f0ed562
 def _installed_version(name: str) -> str:
     """`name.__version__` without importing `name` when it is not imported yet: torchvision's import takes 1-2 s,
     which every notebook paid only to write this one string (its build tag, e.g. '+cu130', is kept)."""
@@ -328,6 +368,7 @@ def _installed_version(name: str) -> str:
     except (OSError, TypeError, AttributeError): found = None
     return found.group(1) if found else importlib.metadata.version(name)
 
+# %% ../nbs/00_core.ipynb #19f1d7f4
 def provenance(device: str | torch.device | None = None, # the device the run uses (default: `get_device()`)
                **extra, # anything else to record: preset, dataset, seeds, ...
               ) -> dict:
@@ -353,11 +394,12 @@ class Timer:
     def elapsed(self) -> float: return (self.stop or time.perf_counter()) - self.start
     def __repr__(self): return f"Timer({self.elapsed:.3f} s)"
 
-# %% ../nbs/00_core.ipynb #0a0a5ae8
+# %% ../nbs/00_core.ipynb #0d3c16c4
 CLAIM_KINDS = {"paper": "a sentence of the paper, quoted or closely paraphrased, with its section or figure (`source`)",
                "regime": "a measured precondition of the paper's setting (e.g. 'training is unstable at batch 128')",
                "check": "an implementation property (e.g. 'the freezing bound holds'): true by construction when the code is right"}
 
+# %% ../nbs/00_core.ipynb #68e4536e
 def claim(text: str, # the claim in one line: for `paper` rows the paper's own words
           measured: str, # the numbers that decide it
           condition: str, # the test applied to them
@@ -374,7 +416,7 @@ def claim(text: str, # the claim in one line: for `paper` rows the paper's own w
     return dict(ids, kind=kind, claim=text, source=source, measured=measured, condition=condition,
                 holds=None if holds is None else bool(holds))
 
-# %% ../nbs/00_core.ipynb #898b2142
+# %% ../nbs/00_core.ipynb #4a4f2134
 PAPERS = {"gems": "Rare Gems (Sreenivasan et al. 2022)", "rti": "Towards Understanding IMP (Maene et al. 2021)",
           "sanity": "Sanity Checks for Lottery Tickets (Ma et al. 2021)", "asni": "ASNI (Damadi et al. 2023)",
           "data": "the datasets (no paper)"}
@@ -386,35 +428,38 @@ def paper_of(notebook: str) -> str:
         if notebook.startswith(prefix + "_"): return prefix
     return "gems"
 
+# %% ../nbs/00_core.ipynb #1ded2202
 UNCLASSIFIED = "unclassified"   # the kind gather_claims gives rows of a claims.csv written before kinds existed
 CLAIM_COLUMNS = ["paper", "figure", "kind", "claim", "source", "where", "measured", "condition", "holds", "preset"]
 
+def _claims_of(folder: Path, f: Path) -> pd.DataFrame:
+    "The rows of `f` (`folder/<notebook>/claims.csv`) with the scoreboard's columns added (and its own leading ones kept)."
+    nb = f.parent.name
+    t = pd.read_csv(f, dtype=str, keep_default_na=False)
+    missing = {"claim", "measured", "condition", "holds"} - set(t.columns)
+    if missing: raise ValueError(f"{f} lacks the columns {sorted(missing)}: is it a claims table? (rerun the notebook {nb})")
+    if "kind" not in t.columns: t = t.assign(kind=UNCLASSIFIED)   # written before kinds existed: rerun the notebook
+    prov = folder/nb/"provenance.json"
+    preset = json.loads(prov.read_text()).get("preset", "") if prov.exists() else ""
+    ids = [c for c in t.columns if c not in CLAIM_COLUMNS]
+    where = t[ids].apply(lambda r: ", ".join(f"{k}={v}" for k, v in r.items() if v != ""), axis=1) if ids else ""
+    return t.assign(paper=paper_of(nb), figure=nb, where=where, preset=preset, source=t.source if "source" in t else "",
+                    holds=t.holds.map({"True": True, "False": False}).astype(object))
+
+# %% ../nbs/00_core.ipynb #0912c57f
 def gather_claims(folder: str | Path | None = None, # holds <notebook>/claims.csv (default: the checkout's outputs/reference)
                  ) -> pd.DataFrame:
     "Every experiment notebook's claims rows under `folder`, in one table (CLAIM_COLUMNS), in paper then figure order."
     folder = Path(folder) if folder is not None else (repo_root() or Path.cwd())/"outputs"/"reference"
     if not folder.is_dir(): raise FileNotFoundError(f"folder={str(folder)!r} does not exist")
-    tables = []
-    for f in sorted(folder.glob("*/claims.csv")):
-        nb = f.parent.name
-        if not EXPERIMENT_NOTEBOOK.match(nb): continue
-        t = pd.read_csv(f, dtype=str, keep_default_na=False)
-        missing = {"claim", "measured", "condition", "holds"} - set(t.columns)
-        if missing: raise ValueError(f"{f} lacks the columns {sorted(missing)}: is it a claims table? (rerun the notebook {nb})")
-        if "kind" not in t.columns: t = t.assign(kind=UNCLASSIFIED)   # written before kinds existed: rerun the notebook
-        prov = folder/nb/"provenance.json"
-        preset = json.loads(prov.read_text()).get("preset", "") if prov.exists() else ""
-        ids = [c for c in t.columns if c not in CLAIM_COLUMNS]
-        where = t[ids].apply(lambda r: ", ".join(f"{k}={v}" for k, v in r.items() if v != ""), axis=1) if ids else ""
-        tables.append(t.assign(paper=paper_of(nb), figure=nb, where=where, preset=preset,
-                               source=t.source if "source" in t else "",
-                               holds=t.holds.map({"True": True, "False": False}).astype(object)))
+    tables = [_claims_of(folder, f) for f in sorted(folder.glob("*/claims.csv")) if EXPERIMENT_NOTEBOOK.match(f.parent.name)]
     if not tables: return pd.DataFrame(columns=CLAIM_COLUMNS)
     out = pd.concat(tables, ignore_index=True)[CLAIM_COLUMNS]
     out["holds"] = out.holds.where(out.holds.notna(), None)
     order = {p: i for i, p in enumerate(PAPERS)}
     return out.sort_values(["paper", "figure"], key=lambda s: s.map(order) if s.name == "paper" else s, kind="stable").reset_index(drop=True)
 
+# %% ../nbs/00_core.ipynb #d9419685
 def claims_totals(table: pd.DataFrame, # from gather_claims
                  ) -> pd.DataFrame:
     "Per paper: paper claims (holding, failing, undecided), the regime and check rows (holding of all), and the unclassified rows."
@@ -429,6 +474,7 @@ def claims_totals(table: pd.DataFrame, # from gather_claims
                          unclassified=int((t.kind == UNCLASSIFIED).sum())))
     return pd.DataFrame(rows)
 
+# %% ../nbs/00_core.ipynb #a6bd7511
 def _md_cell(v) -> str:
     return ("yes" if v else "**no**") if isinstance(v, bool) else "—" if v is None or v != v else str(v).replace("|", "\\|").replace("\n", " ")
 
@@ -436,26 +482,32 @@ def _md_table(t: pd.DataFrame) -> str:
     head = "| " + " | ".join(t.columns) + " |\n|" + "---|"*len(t.columns) + "\n"
     return head + "".join("| " + " | ".join(_md_cell(v) for v in r) + " |\n" for r in t.itertuples(index=False))
 
+# %% ../nbs/00_core.ipynb #8043914d
+_CLAIMS_INTRO = ("Every row of every experiment notebook's claims table (`outputs/reference/<notebook>/claims.csv`, the cpu preset). "
+                 "Kinds: `paper`, a sentence of the paper with its source (only these count as reproduced); `regime`, a measured "
+                 "precondition of the paper's setting; `check`, an implementation property. holds: yes, **no**, or — (not decidable "
+                 "at this preset). Written by `make claims`; do not edit.\n")
+
+def _paper_section(table: pd.DataFrame, p: str) -> list[str]:
+    "CLAIMS.md's section of paper `p`: its heading and its rows, paper claims first, then regime, check and the rest."
+    t = table[table.paper == p].copy()
+    t["k"] = t.kind.map({k: i for i, k in enumerate(CLAIM_KINDS)}).fillna(len(CLAIM_KINDS))
+    t = t.sort_values(["k", "figure"], kind="stable")
+    return [f"## {PAPERS[p]}\n", _md_table(t[["figure", "kind", "claim", "source", "where", "measured", "condition", "holds"]])]
+
+# %% ../nbs/00_core.ipynb #df21f87e
 def claims_markdown(table: pd.DataFrame, # from gather_claims
                    ) -> str:
     "CLAIMS.md: the totals per paper, then every paper's rows (paper claims first), one table per paper."
-    out = ["# Claims scoreboard\n",
-           "Every row of every experiment notebook's claims table (`outputs/reference/<notebook>/claims.csv`, the cpu preset). "
-           "Kinds: `paper`, a sentence of the paper with its source (only these count as reproduced); `regime`, a measured "
-           "precondition of the paper's setting; `check`, an implementation property. holds: yes, **no**, or — (not decidable "
-           "at this preset). Written by `make claims`; do not edit.\n", "## Totals\n", _md_table(claims_totals(table))]
+    out = ["# Claims scoreboard\n", _CLAIMS_INTRO, "## Totals\n", _md_table(claims_totals(table))]
     pending = sorted(set(table.figure[table.kind == UNCLASSIFIED]))
     if pending:
         out.append(f"**Not yet rerun since claims have kinds** ({len(pending)} notebooks: {', '.join(pending)}): their rows are "
                    f"`{UNCLASSIFIED}`, counted in no total but their own, until the notebook is rerun at the cpu preset.\n")
-    for p in [p for p in PAPERS if p in set(table.paper)]:
-        t = table[table.paper == p].copy()
-        t["k"] = t.kind.map({k: i for i, k in enumerate(CLAIM_KINDS)}).fillna(len(CLAIM_KINDS))
-        t = t.sort_values(["k", "figure"], kind="stable")
-        out += [f"## {PAPERS[p]}\n", _md_table(t[["figure", "kind", "claim", "source", "where", "measured", "condition", "holds"]])]
+    for p in [p for p in PAPERS if p in set(table.paper)]: out += _paper_section(table, p)
     return "\n".join(out)
 
-# %% ../nbs/00_core.ipynb #0800c399
+# %% ../nbs/00_core.ipynb #b22497c6
 def interleaved(fns: Mapping[str, Callable[[], Any]], # name -> zero-argument callable to time
                 repeats: int = 5, # timed rounds
                 warmup: int = 1, # untimed rounds first (caches, lazy init)
@@ -469,6 +521,7 @@ def interleaved(fns: Mapping[str, Callable[[], Any]], # name -> zero-argument ca
             if r >= warmup: rows.append(dict(name=name, repeat=r - warmup, seconds=s))
     return pd.DataFrame(rows)
 
+# %% ../nbs/00_core.ipynb #827d4475
 def timing_summary(times: pd.DataFrame, # from `interleaved`
                    baseline: str | None = None, # name the ratios divide into: ratio = best(baseline) / best(name)
                   ) -> pd.DataFrame:

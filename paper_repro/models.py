@@ -24,11 +24,12 @@ __all__ = ['VGG_CONFIGS', 'MOBILENET_V2_CONFIG', 'MOBILENET_V1_CONFIG', 'INITS',
            'signed_constant', 'unsigned_constant', 'initialize', 'same_state', 'ModelSpec', 'register_model',
            'get_model', 'count_parameters', 'prunable_layers', 'prunable_weights', 'model_table']
 
-# %% ../nbs/02_models.ipynb #7beeba96
+# %% ../nbs/02_models.ipynb #9ed94dc8
 def channels(c: int, width: float) -> int:
     "Channel count `c` scaled by `width`: `round(c * width)`, at least 1."
     return max(1, int(round(c * width)))
 
+# %% ../nbs/02_models.ipynb #ec1902ed
 def dense(n_in: int, n_out: int, bias: bool = True, as_conv: bool = False) -> nn.Module:
     "A fully connected layer: `nn.Linear`, or a 1×1 `nn.Conv2d` holding the same map when `as_conv`."
     return nn.Conv2d(n_in, n_out, 1, bias=bias) if as_conv else nn.Linear(n_in, n_out, bias=bias)
@@ -39,11 +40,12 @@ def dense_forward(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if isinstance(layer, nn.Conv2d): return layer(x[:, :, None, None]).flatten(1)
     return layer(x)
 
+# %% ../nbs/02_models.ipynb #e9d02925
 def conv(c_in: int, c_out: int, k: int = 3, stride: int = 1, groups: int = 1, bias: bool = False) -> nn.Conv2d:
     "A k×k convolution with 'same' padding (k // 2)."
     return nn.Conv2d(c_in, c_out, k, stride=stride, padding=k // 2, groups=groups, bias=bias)
 
-# %% ../nbs/02_models.ipynb #8490e4a5
+# %% ../nbs/02_models.ipynb #932ce764
 class MLP(nn.Module):
     "A fully connected ReLU network on flattened images (LeNet-300-100 with `hidden=(300, 100)`)."
     def __init__(self, n_in: int, hidden: Sequence[int], num_classes: int, bias: bool = True, as_conv: bool = False):
@@ -57,6 +59,7 @@ class MLP(nn.Module):
         for layer in self.hidden: x = F.relu(dense_forward(layer, x))
         return dense_forward(self.fc, x)
 
+# %% ../nbs/02_models.ipynb #515b92d5
 class ConvNet(nn.Module):
     "Conv-2/4/6: `len(stages)` pairs of 3×3 convs, each pair then a 2×2 max pool; then dense layers `hidden`."
     def __init__(self, stages: Sequence[int], hidden: Sequence[int], num_classes: int, in_channels: int,
@@ -95,7 +98,7 @@ class SmallCNN(nn.Module):
         for layer in self.hidden: x = F.relu(dense_forward(layer, x))
         return dense_forward(self.fc, x)
 
-# %% ../nbs/02_models.ipynb #f4501e84
+# %% ../nbs/02_models.ipynb #7ee6ecc8
 VGG_CONFIGS = {  # channels per conv; "M" = 2×2 max pool
     11: [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512],
     13: [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512],
@@ -103,6 +106,7 @@ VGG_CONFIGS = {  # channels per conv; "M" = 2×2 max pool
     19: [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512],
 }
 
+# %% ../nbs/02_models.ipynb #77368262
 class VGG(nn.Module):
     "VGG with BatchNorm: `features` (conv-BN-ReLU and max pools), a global average pool, one dense classifier `fc`."
     def __init__(self, config: Sequence, num_classes: int, in_channels: int = 3, width: float = 1.0,
@@ -120,7 +124,7 @@ class VGG(nn.Module):
     def forward(self, x):
         return dense_forward(self.fc, self.features(x).mean((2, 3)))
 
-# %% ../nbs/02_models.ipynb #2433f26c
+# %% ../nbs/02_models.ipynb #324c297c
 class PadShortcut(nn.Module):
     "Option-A shortcut: subsample by `stride`, then zero-pad channels from `c_in` to `c_out` (half on each side)."
     def __init__(self, c_in: int, c_out: int, stride: int):
@@ -129,12 +133,14 @@ class PadShortcut(nn.Module):
     def forward(self, x):
         return F.pad(x[:, :, ::self.stride, ::self.stride], (0, 0, 0, 0, *self.pad))
 
+# %% ../nbs/02_models.ipynb #ae6e8b91
 def shortcut(c_in: int, c_out: int, stride: int, kind: str, affine_bn: bool) -> nn.Module | None:
     "The projection a block needs (None when the identity fits): option 'A' (zero padding) or 'B' (1×1 conv + BN)."
     if stride == 1 and c_in == c_out: return None
     if kind == "A": return PadShortcut(c_in, c_out, stride)
     return nn.Sequential(conv(c_in, c_out, 1, stride), nn.BatchNorm2d(c_out, affine=affine_bn))
 
+# %% ../nbs/02_models.ipynb #565c6f82
 class BasicBlock(nn.Module):
     "relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x)): two 3×3 convs."
     expansion = 1
@@ -149,6 +155,7 @@ class BasicBlock(nn.Module):
         out = self.bn2(self.conv2(out))
         return F.relu(out + (x if self.downsample is None else self.downsample(x)))
 
+# %% ../nbs/02_models.ipynb #f7320659
 class Bottleneck(nn.Module):
     "relu(bn3(conv3(...conv2(...conv1(x)))) + shortcut(x)): 1×1 reduce, 3×3 (carrying the stride, as torchvision), 1×1 expand ×4."
     expansion = 4
@@ -196,7 +203,7 @@ class ResNet(nn.Module):
         for name in self.stages: x = getattr(self, name)(x)
         return dense_forward(self.fc, x.mean((2, 3)))
 
-# %% ../nbs/02_models.ipynb #89f8212f
+# %% ../nbs/02_models.ipynb #bbcd951d
 class WideBlock(nn.Module):
     "Pre-activation block: conv2(relu(bn2(conv1(relu(bn1(x)))))) + shortcut, with a 1×1-conv shortcut when the shape changes."
     def __init__(self, c_in: int, c_out: int, stride: int, affine_bn: bool = True):
@@ -210,6 +217,7 @@ class WideBlock(nn.Module):
         out = self.conv2(F.relu(self.bn2(self.conv1(a))))
         return out + (x if self.shortcut is None else self.shortcut(a))
 
+# %% ../nbs/02_models.ipynb #abe52e93
 class WideResNet(nn.Module):
     "WRN-depth-k for 32×32 images."
     def __init__(self, depth: int = 28, k: int = 2, num_classes: int = 10, in_channels: int = 3, width: float = 1.0,
@@ -229,10 +237,11 @@ class WideResNet(nn.Module):
         x = self.layer3(self.layer2(self.layer1(self.conv1(x))))
         return dense_forward(self.fc, F.relu(self.bn(x)).mean((2, 3)))
 
-# %% ../nbs/02_models.ipynb #26edb81c
+# %% ../nbs/02_models.ipynb #77b7ec24
 MOBILENET_V2_CONFIG = [(1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]  # (t, c, n, s), CIFAR strides
 MOBILENET_V1_CONFIG = [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1), (512, 1), (512, 1), (512, 1), (512, 1), (1024, 2), (1024, 1)]  # (c, s)
 
+# %% ../nbs/02_models.ipynb #2d62cb68
 class InvertedResidual(nn.Module):
     "MobileNet-V2 block: 1×1 expand, 3×3 depthwise (stride), 1×1 linear projection; residual when the stride is 1."
     def __init__(self, c_in: int, c_out: int, t: int, stride: int, shortcut: str = "B", affine_bn: bool = True):
@@ -253,6 +262,7 @@ class InvertedResidual(nn.Module):
         if not self.residual: return out
         return out + (x if self.shortcut is None else self.shortcut(x))
 
+# %% ../nbs/02_models.ipynb #be8bc691
 class MobileNetV2(nn.Module):
     "MobileNet-V2 for 32×32 images (stride 1 in the stem and the second stage)."
     def __init__(self, num_classes: int = 10, in_channels: int = 3, width: float = 1.0, shortcut: str = "B",
@@ -274,6 +284,7 @@ class MobileNetV2(nn.Module):
         x = F.relu(self.bn2(self.conv2(x)))
         return dense_forward(self.fc, x.mean((2, 3)))
 
+# %% ../nbs/02_models.ipynb #ace2d1ef
 class MobileNetV1(nn.Module):
     "MobileNet-V1 for 32×32 images: stem, 13 depthwise-separable blocks, average pool, classifier."
     def __init__(self, num_classes: int = 10, in_channels: int = 3, width: float = 1.0, affine_bn: bool = True,
@@ -294,13 +305,14 @@ class MobileNetV1(nn.Module):
         x = self.layers(F.relu(self.bn1(self.conv1(x))))
         return dense_forward(self.fc, x.mean((2, 3)))
 
-# %% ../nbs/02_models.ipynb #4ad06a30
+# %% ../nbs/02_models.ipynb #ae495b40
 def fans(w: torch.Tensor) -> tuple[int, int]:
     "(fan_in, fan_out) of a Linear (out×in) or Conv (out×in/groups×k×k) weight."
     if w.dim() < 2: raise ValueError(f"fans need a weight with at least 2 dimensions, got shape {tuple(w.shape)}")
     receptive = w[0][0].numel()
     return w.shape[1] * receptive, w.shape[0] * receptive
 
+# %% ../nbs/02_models.ipynb #84a07236
 def _fan(w, mode: str, density: float) -> float:
     if mode not in ("fan_in", "fan_out"): raise ValueError(f"mode={mode!r}: use 'fan_in' or 'fan_out'")
     if isinstance(density, bool) or not (isinstance(density, (int, float)) and 0 < density <= 1):
@@ -313,6 +325,7 @@ def _fill(w: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
 
 def _gen(generator): return generator if generator is not None else torch.default_generator
 
+# %% ../nbs/02_models.ipynb #ce82f917
 def as_generator(seed: int | torch.Generator | None) -> torch.Generator:
     "A CPU generator from a seed: a generator passes through; None draws a seed from the global generator."
     if isinstance(seed, torch.Generator): return seed
@@ -321,6 +334,7 @@ def as_generator(seed: int | torch.Generator | None) -> torch.Generator:
         raise ValueError(f"seed={seed!r}: use a non-negative integer, a torch.Generator or None")
     return torch.Generator().manual_seed(seed)
 
+# %% ../nbs/02_models.ipynb #dd086dc2
 def kaiming_normal(w: torch.Tensor, density: float = 1.0, mode: str = "fan_in", generator: torch.Generator | None = None,
                    a: float = 0.0) -> torch.Tensor:
     "N(0, 2 / ((1 + a²) · fan · density)): He et al.'s normal initialisation, optionally scaled by the kept fraction."
@@ -333,12 +347,14 @@ def kaiming_uniform(w: torch.Tensor, density: float = 1.0, mode: str = "fan_in",
     b = math.sqrt(6 / ((1 + a * a) * _fan(w, mode, density)))
     return _fill(w, (torch.rand(w.shape, generator=_gen(generator)) * 2 - 1) * b)
 
+# %% ../nbs/02_models.ipynb #6404cc82
 def xavier_normal(w: torch.Tensor, density: float = 1.0, mode: str = "fan_in", generator: torch.Generator | None = None) -> torch.Tensor:
     "N(0, 2 / ((fan_in + fan_out) · density)): Glorot's normal initialisation (`mode` is ignored: it uses both fans)."
     _fan(w, mode, density)
     std = math.sqrt(2 / (sum(fans(w)) * density))
     return _fill(w, torch.randn(w.shape, generator=_gen(generator)) * std)
 
+# %% ../nbs/02_models.ipynb #85aed91a
 def signed_constant(w: torch.Tensor, density: float = 1.0, mode: str = "fan_in", generator: torch.Generator | None = None) -> torch.Tensor:
     "Every weight ±√(2 / (fan · density)), the sign a fair coin per weight (Ramanujan et al., Rare Gems)."
     sigma = math.sqrt(2 / _fan(w, mode, density))
@@ -349,9 +365,10 @@ def unsigned_constant(w: torch.Tensor, density: float = 1.0, mode: str = "fan_in
     "Every weight +√(2 / (fan · density))."
     return _fill(w, torch.full(w.shape, math.sqrt(2 / _fan(w, mode, density))))
 
+# %% ../nbs/02_models.ipynb #4fa20eac
 INITS: dict[str, Callable] = {f.__name__: f for f in (kaiming_normal, kaiming_uniform, xavier_normal, signed_constant, unsigned_constant)}
 
-# %% ../nbs/02_models.ipynb #35e04be8
+# %% ../nbs/02_models.ipynb #66bc70f3
 BN_INITS = ("ones", "uniform")
 BIAS_INITS = ("zeros", "default")
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -360,6 +377,27 @@ def _choice(value, allowed, what: str):
     if value not in allowed: raise ValueError(f"{what}={value!r}: use one of {', '.join(map(repr, allowed))}")
     return value
 
+# %% ../nbs/02_models.ipynb #9a679f99
+def _init_layer(m: nn.Module, init: Callable, density: float, mode: str, bias_init: str, g: torch.Generator, done: set):
+    "Initialise a Conv2d/Linear: its weight by `init`, its bias by `bias_init`; add their ids to `done`."
+    init(m.weight, density=density, mode=mode, generator=g); done.add(id(m.weight))
+    if m.bias is not None:
+        if bias_init == "zeros": m.bias.zero_()
+        else:
+            b = 1 / math.sqrt(fans(m.weight)[0])
+            _fill(m.bias, (torch.rand(m.bias.shape, generator=g) * 2 - 1) * b)
+        done.add(id(m.bias))
+
+def _init_norm(m: nn.Module, bn_init: str, g: torch.Generator, done: set):
+    "Reset a BatchNorm's running statistics; γ = 1 (`ones`) or U[0, 1] (`uniform`), β = 0; add their ids to `done`."
+    if m.track_running_stats:
+        m.reset_running_stats(); done.update(map(id, (m.running_mean, m.running_var, m.num_batches_tracked)))
+    if m.affine:
+        if bn_init == "ones": m.weight.fill_(1)
+        else: _fill(m.weight, torch.rand(m.weight.shape, generator=g))
+        m.bias.zero_(); done.update(map(id, (m.weight, m.bias)))
+
+# %% ../nbs/02_models.ipynb #27d15b6d
 def initialize(model: nn.Module, # any model whose parameters live in Conv/Linear/BatchNorm layers
                init: str | Callable = "kaiming_normal", # a name in `INITS`, or f(weight, density=, mode=, generator=)
                density: float = 1.0, # scale by the kept fraction (1 = unscaled)
@@ -377,21 +415,8 @@ def initialize(model: nn.Module, # any model whose parameters live in Conv/Linea
     done = set()  # ids of the tensors set so far
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                init(m.weight, density=density, mode=mode, generator=g); done.add(id(m.weight))
-                if m.bias is not None:
-                    if bias_init == "zeros": m.bias.zero_()
-                    else:
-                        b = 1 / math.sqrt(fans(m.weight)[0])
-                        _fill(m.bias, (torch.rand(m.bias.shape, generator=g) * 2 - 1) * b)
-                    done.add(id(m.bias))
-            elif isinstance(m, _NORMS):
-                if m.track_running_stats:
-                    m.reset_running_stats(); done.update(map(id, (m.running_mean, m.running_var, m.num_batches_tracked)))
-                if m.affine:
-                    if bn_init == "ones": m.weight.fill_(1)
-                    else: _fill(m.weight, torch.rand(m.weight.shape, generator=g))
-                    m.bias.zero_(); done.update(map(id, (m.weight, m.bias)))
+            if isinstance(m, (nn.Conv2d, nn.Linear)): _init_layer(m, init, density, mode, bias_init, g, done)
+            elif isinstance(m, _NORMS): _init_norm(m, bn_init, g, done)
     left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if id(t) not in done]
     if left: raise ValueError(f"initialize does not know how to initialise {', '.join(left)}")
     return model
@@ -402,7 +427,7 @@ def same_state(a: nn.Module | Mapping, b: nn.Module | Mapping) -> bool:
     a, b = (x.state_dict() if isinstance(x, nn.Module) else x for x in (a, b))
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
-# %% ../nbs/02_models.ipynb #236612d7
+# %% ../nbs/02_models.ipynb #93ee5896
 @dataclass(frozen=True)
 class ModelSpec:
     "How to build one architecture of the papers."
@@ -414,6 +439,7 @@ class ModelSpec:
     inputs: tuple = ((3, 32, 10),) # (in_channels, side, classes) of the datasets the papers use it on
     choices: Mapping = field(default_factory=dict) # option -> allowed values, for the options that take names
 
+# %% ../nbs/02_models.ipynb #f4bd8633
 MODELS: dict[str, ModelSpec] = {}
 
 def register_model(spec: ModelSpec) -> ModelSpec:
@@ -421,11 +447,13 @@ def register_model(spec: ModelSpec) -> ModelSpec:
     MODELS[spec.name] = spec
     return spec
 
+# %% ../nbs/02_models.ipynb #d5195dee
 def _opts(**extra): return dict(width=1.0, bias=True, fc_as_conv=False, **extra)
 def _bn_opts(**extra): return _opts(affine_bn=True, **extra)
 _MNIST, _CIFAR = (1, 28, 10), (3, 32, 10)
 _CIFAR100, _TINY, _IMAGENET = (3, 32, 100), (3, 64, 200), (3, 224, 1000)
 
+# %% ../nbs/02_models.ipynb #fa91d3a8
 register_model(ModelSpec("lenet-300-100",
     lambda nc, ci, s, width, bias, fc_as_conv: MLP(ci * s * s, [channels(300, width), channels(100, width)], nc, bias, fc_as_conv),
     _opts(), "Frankle & Carbin 2019; ASNI Table 1 (FC)", 1, (_MNIST,)))
@@ -438,6 +466,8 @@ register_model(ModelSpec("small-cnn",
     lambda nc, ci, s, width, bias, fc_as_conv: SmallCNN([channels(16, width), channels(32, width)], [channels(128, width)],
                                                         nc, ci, s, bias, fc_as_conv),
     _opts(), "this project: the small conv network of the cpu presets (not from the papers)", 1, (_MNIST, _CIFAR)))
+
+# %% ../nbs/02_models.ipynb #ee5b4107
 for _d in (11, 13, 16, 19):
     register_model(ModelSpec(f"vgg{_d}",
         lambda nc, ci, s, width, bias, fc_as_conv, affine_bn, _cfg=VGG_CONFIGS[_d]: VGG(_cfg, nc, ci, width, bias, affine_bn, fc_as_conv),
@@ -445,6 +475,8 @@ for _d in (11, 13, 16, 19):
 register_model(ModelSpec("vgg16-gems",
     lambda nc, ci, s, width, bias, fc_as_conv, affine_bn: VGG(VGG_CONFIGS[16] + ["M"], nc, ci, width, bias, affine_bn, fc_as_conv),
     dict(width=1.0, bias=False, fc_as_conv=True, affine_bn=False), "Rare Gems Table 4", 32, (_CIFAR,)))
+
+# %% ../nbs/02_models.ipynb #c99781a9
 for _n, _depth in (("resnet20", 3), ("resnet32", 5)):
     register_model(ModelSpec(_n,
         lambda nc, ci, s, width, bias, fc_as_conv, affine_bn, shortcut, _k=_depth: ResNet(BasicBlock, [_k] * 3,
@@ -457,6 +489,8 @@ for _n, _block, _depths in (("resnet18", BasicBlock, [2, 2, 2, 2]), ("resnet50",
             [channels(p, width) for p in (64, 128, 256, 512)], nc, ci, stem, channels(64, width), "B", affine_bn, bias, fc_as_conv),
         _bn_opts(stem="imagenet"), "torchvision layout; ASNI Table 1; Rare Gems Tables 2-3; Ma et al.", 1,
         (_CIFAR, _CIFAR100, _TINY, _IMAGENET), {"stem": ("imagenet", "cifar")}))
+
+# %% ../nbs/02_models.ipynb #b48113cb
 register_model(ModelSpec("wrn-28-2",
     lambda nc, ci, s, width, bias, fc_as_conv, affine_bn: WideResNet(28, 2, nc, ci, width, affine_bn, bias, fc_as_conv),
     _bn_opts(), "Rare Gems Table 6; Zagoruyko & Komodakis 2016", 1, (_CIFAR,)))
@@ -467,7 +501,7 @@ register_model(ModelSpec("mobilenet-v1",
     lambda nc, ci, s, width, bias, fc_as_conv, affine_bn: MobileNetV1(nc, ci, width, affine_bn, bias, fc_as_conv),
     _bn_opts(), "Ma et al. (CIFAR MobileNet-V1)", 1, (_CIFAR, _CIFAR100)))
 
-# %% ../nbs/02_models.ipynb #0358c2eb
+# %% ../nbs/02_models.ipynb #c0f2792f
 def _check_int(value, what: str, low: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ValueError(f"{what}={value!r}: need an integer >= {low}")
@@ -483,6 +517,24 @@ def _check_option(spec: ModelSpec, key: str, value):
     elif value not in spec.choices.get(key, (default,)):
         raise ValueError(f"{key}={value!r}: {spec.name} takes {', '.join(map(repr, spec.choices.get(key, (default,))))}")
 
+# %% ../nbs/02_models.ipynb #133a53f2
+def _model_options(spec: ModelSpec, options: Mapping) -> dict:
+    "The options `spec`'s build receives: its defaults overridden by `options`, every one known and checked."
+    for k in options:
+        if k not in spec.options:
+            raise ValueError(f"{spec.name} takes no option {k!r}; its options are {', '.join(f'{o}={v!r}' for o, v in spec.options.items())}")
+    opts = {**spec.options, **options}
+    for k, v in opts.items(): _check_option(spec, k, v)
+    return opts
+
+def _check_input(spec: ModelSpec, num_classes, in_channels, input_size):
+    "Positive integers, and an input side the model's pooling allows."
+    _check_int(num_classes, "num_classes"); _check_int(in_channels, "in_channels"); _check_int(input_size, "input_size")
+    if input_size < spec.min_input:
+        raise ValueError(f"input_size={input_size}: {spec.name} needs inputs of at least {spec.min_input}×{spec.min_input} "
+                         f"(its pooling halves the side {int(math.log2(spec.min_input))} times)")
+
+# %% ../nbs/02_models.ipynb #783cf246
 def get_model(name: str, # a name in `MODELS`
               num_classes: int = 10, # outputs of the classifier
               in_channels: int = 3, # image channels
@@ -498,15 +550,8 @@ def get_model(name: str, # a name in `MODELS`
     "Build the architecture `name`, initialised, on the CPU."
     if name not in MODELS: raise ValueError(f"unknown model {name!r}; known models: {', '.join(MODELS)}")
     spec = MODELS[name]
-    for k in options:
-        if k not in spec.options:
-            raise ValueError(f"{name} takes no option {k!r}; its options are {', '.join(f'{o}={v!r}' for o, v in spec.options.items())}")
-    opts = {**spec.options, **options}
-    for k, v in opts.items(): _check_option(spec, k, v)
-    _check_int(num_classes, "num_classes"); _check_int(in_channels, "in_channels"); _check_int(input_size, "input_size")
-    if input_size < spec.min_input:
-        raise ValueError(f"input_size={input_size}: {name} needs inputs of at least {spec.min_input}×{spec.min_input} "
-                         f"(its pooling halves the side {int(math.log2(spec.min_input))} times)")
+    opts = _model_options(spec, options)
+    _check_input(spec, num_classes, in_channels, input_size)
     with torch.device("meta"): model = spec.build(num_classes, in_channels, input_size, **opts)
     # uninitialised CPU storage for each meta tensor (`initialize` fills all of it). Not `to_empty`: its `empty_like` of
     # a meta tensor runs PyTorch's Python meta functions, whose first call imports sympy (~1 s in every process)
@@ -518,11 +563,12 @@ def count_parameters(model: nn.Module) -> int:
     "Number of parameters (buffers such as BatchNorm running statistics are not parameters)."
     return sum(p.numel() for p in model.parameters())
 
-# %% ../nbs/02_models.ipynb #e9f1d8cc
+# %% ../nbs/02_models.ipynb #cfa7cbbd
 def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
     "Ordered prunable-weight name (`'<module>.weight'`) -> the `nn.Conv2d` / `nn.Linear` holding it."
     return {f"{n}.weight" if n else "weight": m for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
 
+# %% ../nbs/02_models.ipynb #e72cf2b4
 def prunable_weights(model: nn.Module, # any model: layers found by type, so torchvision models work too
                      exclude: Iterable[str] = (), # "first", "last", and/or parameter names such as "fc.weight"
                     ) -> dict[str, nn.Parameter]:
@@ -539,7 +585,17 @@ def prunable_weights(model: nn.Module, # any model: layers found by type, so tor
     if "last" in exclude and names: drop.add(names[-1])
     return {n: found[n] for n in names if n not in drop}
 
-# %% ../nbs/02_models.ipynb #64745728
+# %% ../nbs/02_models.ipynb #8aef5ee8
+def _train_step(m: nn.Module, c: int, s: int, k: int, batch_size: int) -> Callable[[], None]:
+    "One SGD step of `m` on a fixed random batch (`batch_size` images c×s×s, `k` classes), as a callable to time."
+    g = torch.Generator().manual_seed(0)   # its own generator: timing a table leaves the global random stream alone
+    x, y = torch.randn(batch_size, c, s, s, generator=g), torch.randint(0, k, (batch_size,), generator=g)
+    opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9)
+    def step(m=m, opt=opt, x=x, y=y):
+        opt.zero_grad(set_to_none=True); F.cross_entropy(m(x), y).backward(); opt.step()
+    return step
+
+# %% ../nbs/02_models.ipynb #62fde374
 def model_table(names: Sequence[str] | None = None, # models (default: all of `MODELS`)
                 widths: Sequence[float] = (1.0,), # width multipliers
                 time_steps: bool = False, # also time one training step per model and width
@@ -556,12 +612,7 @@ def model_table(names: Sequence[str] | None = None, # models (default: all of `M
             m = get_model(name, num_classes=k, in_channels=c, input_size=s, width=w, seed=0)
             rows.append(dict(model=name, width=w, input=f"{c}×{s}×{s}", params=count_parameters(m),
                              prunable=sum(p.numel() for p in prunable_weights(m).values())))
-            if time_steps:
-                x, y = torch.randn(batch_size, c, s, s), torch.randint(0, k, (batch_size,))
-                opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9)
-                def step(m=m, opt=opt, x=x, y=y):
-                    opt.zero_grad(set_to_none=True); F.cross_entropy(m(x), y).backward(); opt.step()
-                steps[(name, w)] = step
+            if time_steps: steps[(name, w)] = _train_step(m, c, s, k, batch_size)
     table = pd.DataFrame(rows)
     if time_steps:
         best = interleaved({f"{n}|{w}": f for (n, w), f in steps.items()}, repeats=repeats).groupby("name").seconds.min()

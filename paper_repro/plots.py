@@ -19,13 +19,14 @@ import torch
 __all__ = ['STYLES', 'AXIS_LABELS', 'set_style', 'save_figure', 'density_axis', 'Palette', 'palette', 'plot_methods',
            'image_grid']
 
-# %% ../nbs/19_plots.ipynb #c8a1d1d8
+# %% ../nbs/19_plots.ipynb #c331eb4f
 def set_style(context: str = "paper", # seaborn context: "paper", "notebook", "talk"
              ) -> None:
-    "The project's figure style: seaborn whitegrid, colour-blind palette, readable sizes."
+    "Set the project's figure style (seaborn whitegrid, colour-blind palette, readable sizes) in matplotlib's global rcParams."
     sns.set_theme(context=context, style="whitegrid", palette="colorblind",
                   rc={"figure.dpi": 110, "savefig.dpi": 150, "savefig.bbox": "tight", "axes.titleweight": "bold"})
 
+# %% ../nbs/19_plots.ipynb #111d4a8d
 def save_figure(fig: matplotlib.figure.Figure, # the figure to save
                 folder: str | Path, # where (created if missing)
                 name: str, # file stem, e.g. "fig4"
@@ -45,7 +46,7 @@ def density_axis(ax: matplotlib.axes.Axes, axis: str = "x") -> matplotlib.axes.A
     else: ax.set_yscale("log"); ax.yaxis.set_major_formatter(fmt); ax.set_ylabel("weights remaining (%)")
     return ax
 
-# %% ../nbs/19_plots.ipynb #afa03915
+# %% ../nbs/19_plots.ipynb #66a22481
 _DASHED = "--"
 STYLES: dict[str, dict[str, tuple[str, str, str]]] = {   # paper -> method -> (colour, marker, line style)
     "common": {"dense": ("0.35", "o", "-")},
@@ -63,6 +64,7 @@ STYLES: dict[str, dict[str, tuple[str, str, str]]] = {   # paper -> method -> (c
              "init": ("#ff7f0e", "o", "-")},   # the paper's Figures 2b and 3
 }
 
+# %% ../nbs/19_plots.ipynb #f3045781
 @dataclass
 class Palette:
     "One paper's looks: method -> colour, marker, line style (a copy of `STYLES`; add a figure's own entries freely)."
@@ -70,6 +72,7 @@ class Palette:
     markers: dict[str, str] = field(default_factory=dict)
     linestyles: dict[str, str] = field(default_factory=dict)
 
+# %% ../nbs/19_plots.ipynb #dfd76fd5
 def palette(paper: str | None = None, # a key of STYLES ("gems", "rti", "sanity", "asni"); None: the common entries only
            ) -> Palette:
     "A fresh copy of `paper`'s looks, with the common ones (`dense`)."
@@ -79,9 +82,28 @@ def palette(paper: str | None = None, # a key of STYLES ("gems", "rti", "sanity"
     return Palette({m: c for m, (c, _, _) in table.items()}, {m: k for m, (_, k, _) in table.items()},
                    {m: ls for m, (_, _, ls) in table.items() if ls != "-"})
 
-# %% ../nbs/19_plots.ipynb #a382541f
+# %% ../nbs/19_plots.ipynb #9deedb20
 AXIS_LABELS: dict[str, str] = {"lr": "learning rate", "p": "p (top fraction compared)"}
 
+def _draw_method(ax, rows, key: str, metric: str, x: str, scale: float, style: Palette, m: str, label: str):
+    "Method `m`'s line: the mean of `metric` over seeds at each `key` value (×`scale`), its sd as error bars."
+    g = rows.groupby(key)[metric].agg(["mean", "std"])
+    xs = rows.groupby(key)["density"].mean() if x == "density" else g.index.to_series()
+    ax.errorbar(xs.to_numpy(), scale*g["mean"].to_numpy(), yerr=scale*g["std"].fillna(0).to_numpy(), color=style.colors.get(m),
+                marker=style.markers.get(m, "o"), ls=style.linestyles.get(m, "-"), ms=5, lw=1.5, capsize=2, label=label)
+
+# %% ../nbs/19_plots.ipynb #086bc64d
+def _x_axis(ax, summary, x: str, tick_every: int):
+    "The x axis: densities on the papers' log axis with the grid's densities as ticks (densest first, every `tick_every`-th), else log `x`."
+    if x == "density":
+        density_axis(ax)
+        ax.set_xticks(sorted(summary.target.unique(), reverse=True)[::tick_every])  # the grid's densities, the densest first
+    else:
+        ax.set_xscale("log"); ax.set_xlabel(AXIS_LABELS.get(x, x))
+        ax.set_xticks(sorted(summary[x].unique())); ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+
+# %% ../nbs/19_plots.ipynb #adadf246
 def plot_methods(ax: matplotlib.axes.Axes, # a matplotlib axis
                  summary, # a DataFrame: method, target, density (or the column `x`), and `metric`
                  metric: str, # the column drawn, e.g. "post_finetune_acc"
@@ -100,24 +122,20 @@ def plot_methods(ax: matplotlib.axes.Axes, # a matplotlib axis
     key = "target" if x == "density" else x
     for m in methods:
         rows = summary[summary.method == m]
-        if rows.empty: continue
-        g = rows.groupby(key)[metric].agg(["mean", "std"])
-        xs = rows.groupby(key)["density"].mean() if x == "density" else g.index.to_series()
-        ax.errorbar(xs.to_numpy(), scale*g["mean"].to_numpy(), yerr=scale*g["std"].fillna(0).to_numpy(), color=style.colors.get(m),
-                    marker=style.markers.get(m, "o"), ls=style.linestyles.get(m, "-"), ms=5, lw=1.5, capsize=2, label=(labels or {}).get(m, m))
+        if not rows.empty: _draw_method(ax, rows, key, metric, x, scale, style, m, (labels or {}).get(m, m))
     if dense is not None:
         ax.axhline(1.0 if relative else scale*dense, color=style.colors["dense"], ls="--", lw=1, label="dense")
-    if x == "density":
-        density_axis(ax)
-        ax.set_xticks(sorted(summary.target.unique(), reverse=True)[::tick_every])  # the grid's densities, the densest first
-    else:
-        ax.set_xscale("log"); ax.set_xlabel(AXIS_LABELS.get(x, x))
-        ax.set_xticks(sorted(summary[x].unique())); ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    _x_axis(ax, summary, x, tick_every)
     ax.set_ylabel("relative accuracy" if relative else ("test accuracy (%)" if percent else metric))
     return ax
 
-# %% ../nbs/19_plots.ipynb #90c54c0f
+# %% ../nbs/19_plots.ipynb #f50535e9
+def _bare(ax: matplotlib.axes.Axes) -> None:
+    "No ticks, grid or frame: an axis that shows only its image."
+    ax.set_xticks([]); ax.set_yticks([]); ax.grid(False)
+    for s in ax.spines.values(): s.set_visible(False)
+
+# %% ../nbs/19_plots.ipynb #1803b365
 def image_grid(images: torch.Tensor, # uint8 N×C×H×W, C = 1 or 3
                ncols: int, # images per row
                row_labels: Sequence[str] | None = None, # one label per row, shown on the left
@@ -129,8 +147,7 @@ def image_grid(images: torch.Tensor, # uint8 N×C×H×W, C = 1 or 3
     width = scale*ncols + label_w
     fig, axes = plt.subplots(nrows, ncols, figsize=(width, scale*nrows), squeeze=False)
     for i, ax in enumerate(axes.flat):
-        ax.set_xticks([]); ax.set_yticks([]); ax.grid(False)
-        for s in ax.spines.values(): s.set_visible(False)
+        _bare(ax)
         if i >= n: continue
         img = images[i].permute(1, 2, 0).numpy()
         ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None, vmin=0, vmax=255)
