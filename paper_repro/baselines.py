@@ -44,6 +44,7 @@ def _check_sizes(layer_sizes) -> list[int]:
             raise ValueError(f"layer_sizes[{i}]={s!r}: every layer size must be a positive integer (its weight count)")
     return [int(s) for s in sizes]
 
+# %% ../nbs/12_baselines.ipynb #c6c60f59
 def _check_layout(density: float, N: int, K: int, lin: Fraction, room: int, n_lin: int, linear_keep: float):
     "ValueError unless the non-linear layers (`room` weights) can take the K − lin weights left to them."
     layout = f"the {n_lin} linear layer(s) at linear_keep={linear_keep}"
@@ -55,6 +56,25 @@ def _check_layout(density: float, N: int, K: int, lin: Fraction, room: int, n_li
         raise ValueError(f"density={density} keeps {K:,} of {N:,} weights, but Smart-Ratio keeps at most {float(top):,.1f} "
                          f"(the other layers whole, {layout}), density {float(top) / N:.6g}: use a lower density or a larger linear_keep")
 
+# %% ../nbs/12_baselines.ipynb #055c365a
+def _check_num_linear(num_linear, L: int) -> int:
+    "ValueError unless 0 <= num_linear < L (one layer at least carries the decaying ratios); returns L."
+    if isinstance(num_linear, bool) or not isinstance(num_linear, Integral) or not 0 <= num_linear < L:
+        raise ValueError(f"num_linear={num_linear!r}: the number of linear layers must be an integer in [0, {L}) for {L} "
+                         "layers (at least one layer must carry the depth-decaying ratios)")
+    return L
+
+# %% ../nbs/12_baselines.ipynb #b4463e22
+def _clipped_ratios(m: list[int], p: list[Fraction], gamma: Fraction) -> list[Fraction]:
+    "r_l = min(γ·p_l + excess/m_l, 1) down the layers, a clipped layer passing its excess weights (γp_l + ... − 1)·m_l on."
+    r, excess = [], Fraction(0)                          # excess: weights a clipped layer passes down
+    for ml, pl in zip(m, p):
+        x = gamma * pl + excess / ml
+        excess = max(x - 1, 0) * ml
+        r.append(min(x, Fraction(1)))
+    assert excess == 0                                   # _check_layout: the layers have room for the whole budget
+    return r
+
 # %% ../nbs/12_baselines.ipynb #4cb4940e
 def smart_ratio(layer_sizes: Sequence[int], # weights m_l of each prunable layer, in order; the linear layers last
                 density: float, # d: the kept fraction of all of them, in (0, 1]
@@ -65,23 +85,14 @@ def smart_ratio(layer_sizes: Sequence[int], # weights m_l of each prunable layer
     "Su et al.'s Smart-Ratio keep ratio of every layer: they keep `keep_count(Σ m, density)` weights in all."
     m, d = _check_sizes(layer_sizes), check_density(density)
     a = Fraction(repr(check_density(linear_keep, "linear_keep")))
-    L = len(m)
-    if isinstance(num_linear, bool) or not isinstance(num_linear, Integral) or not 0 <= num_linear < L:
-        raise ValueError(f"num_linear={num_linear!r}: the number of linear layers must be an integer in [0, {L}) for {L} "
-                         "layers (at least one layer must carry the depth-decaying ratios)")
+    L = _check_num_linear(num_linear, len(m))
     c = L - num_linear                                   # layers 1..c get γ·p_l, layers c+1..L keep a
     N, K = sum(m), keep_count(sum(m), d)
     lin = a * sum(m[c:])                                 # weights the linear layers keep
     _check_layout(density, N, K, lin, sum(m[:c]), num_linear, linear_keep)
     p = [sr_score(family, L, l) for l in range(1, c + 1)]
     gamma = (K - lin) / sum(ml * pl for ml, pl in zip(m, p))
-    r, excess = [], Fraction(0)                          # excess: weights a clipped layer passes down
-    for ml, pl in zip(m, p):
-        x = gamma * pl + excess / ml
-        excess = max(x - 1, 0) * ml
-        r.append(min(x, Fraction(1)))
-    assert excess == 0                                   # _check_layout: the layers have room for the whole budget
-    return [float(x) for x in r] + [float(a)] * num_linear
+    return [float(x) for x in _clipped_ratios(m, p, gamma)] + [float(a)] * num_linear
 
 # %% ../nbs/12_baselines.ipynb #8a1fc0cf
 def smart_ratio_linear(model: nn.Module, exclude: Sequence[str] = ()) -> list[str]:
@@ -92,6 +103,7 @@ def smart_ratio_linear(model: nn.Module, exclude: Sequence[str] = ()) -> list[st
     lin = [n for n in names if isinstance(layers[n], nn.Linear) or n == last]
     return lin if len(lin) < len(names) else [n for n in lin if n == last]
 
+# %% ../nbs/12_baselines.ipynb #81bd65b7
 def smart_ratio_layers(model: nn.Module, # any model: its prunable weights (minus `exclude`) get ratios
                        density: float, # kept fraction of those weights, in (0, 1]
                        family: str = "resnet", # "resnet", "mobilenet" or "vgg" (`SR_FAMILIES`)
@@ -108,6 +120,7 @@ def smart_ratio_layers(model: nn.Module, # any model: its prunable weights (minu
     ratios = dict(zip(order, smart_ratio([weights[n].numel() for n in order], density, family, linear_keep, len(lin))))
     return {n: ratios[n] for n in weights}
 
+# %% ../nbs/12_baselines.ipynb #38cd6985
 def smart_ratio_mask(model: nn.Module, # any model
                      density: float, # kept fraction of its prunable weights (minus `exclude`), in (0, 1]
                      family: str = "resnet", # "resnet", "mobilenet" or "vgg"
@@ -150,6 +163,23 @@ class SmallDense:
     @property
     def rel_diff(self) -> float: return self.params/self.target - 1
 
+# %% ../nbs/12_baselines.ipynb #6c6e450a
+def _closest_width(count, # width -> parameter count, non-decreasing
+                   target: int, # the count to match
+                   width: float, # the widest allowed
+                  ) -> float:
+    "The width in (0, width] whose count(w) is closest to `target`: bisection, then the nearer side (the wider on a tie)."
+    lo, hi = 0.0, width                                 # count(lo) <= target < count(hi), or hi = width when none is above
+    if count(width) <= target: lo = hi = width
+    else:
+        for _ in range(40):
+            mid = (lo + hi)/2
+            if count(mid) <= target: lo = mid
+            else: hi = mid
+    cands = [w for w in (lo, hi) if w > 0]
+    return min(cands, key=lambda w: (abs(count(w) - target), -w))
+
+# %% ../nbs/12_baselines.ipynb #419d57cb
 def small_dense(name: str, # a model name
                 density: float, # the sparse network's density over its prunable weights
                 exclude: Sequence[str] = (), # layers the sparse network keeps dense ('first', 'last', names)
@@ -161,13 +191,5 @@ def small_dense(name: str, # a model name
     n_prunable = sum(p.numel() for p in prunable_weights(full, exclude).values())
     target = keep_count(n_prunable, density) + count_parameters(full) - n_prunable
     count = lambda w: count_parameters(get_model(name, width=w, **options))
-    lo, hi = 0.0, width                                 # count(lo) <= target < count(hi), or hi = width when none is above
-    if count(width) <= target: lo = hi = width
-    else:
-        for _ in range(40):
-            mid = (lo + hi)/2
-            if count(mid) <= target: lo = mid
-            else: hi = mid
-    cands = [w for w in (lo, hi) if w > 0]
-    w = min(cands, key=lambda w: (abs(count(w) - target), -w))
+    w = _closest_width(count, target, width)
     return SmallDense(dict(name=name, width=w, **options), w, count(w), target)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .baselines import small_dense
+from .baselines import small_dense, SmallDense
 from .core import get_device
 from .data import DataSplit, load_dataset
 from .masks import Mask, apply_mask, check_density, keep_count, magnitude
@@ -49,11 +49,13 @@ def imp_rounds(density: float, # target kept fraction, in (0, 1]
     while keep**r > tol: r += 1
     return r
 
+# %% ../nbs/13_imp.ipynb #4df17263
 def imp_schedule(density: float, fraction: float = 0.2) -> list[float]:
     "Density after each pruning: 1, (1−f), …, (1−f)^(R−1), then exactly `density` (R + 1 entries)."
     R = imp_rounds(density, fraction)
     return [(1 - fraction)**r for r in range(R)] + [float(density)] if R else [1.0]
 
+# %% ../nbs/13_imp.ipynb #e382bfab
 def imp_counts(total: int, # prunable weights N
                density: float, fraction: float = 0.2,
               ) -> list[int]:
@@ -99,21 +101,27 @@ def round_recipe(recipe: Recipe | str | Mapping, # the long recipe
     return recipe.replace(epochs=E, milestones=tuple(m for m in recipe.milestones if m < E))
 
 # %% ../nbs/13_imp.ipynb #48336523
+def _check_tail(recipe: Recipe, t) -> None:
+    "ValueError unless epoch t (0 <= t < T) starts a tail of `recipe` that is a recipe of its own."
+    T = recipe.epochs
+    if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < T:
+        raise ValueError(f"t={t!r}: rewinding goes back to epoch t of the {T}-epoch schedule and trains the remaining "
+                         f"T - t epochs; use an integer 0 <= t < {T}")
+    if t > 0 and recipe.schedule not in ("constant", "multistep"):
+        raise ValueError(f"schedule={recipe.schedule!r}: the tail of this schedule is not a recipe of its own; rewinding "
+                         "needs 'multistep' (Ma et al.'s Table E.1 steps) or 'constant'")
+    if t > 0 and recipe.warmup > t:
+        raise ValueError(f"t={t}: the recipe still warms up at epoch {t} (warmup={recipe.warmup}); rewind to t >= {recipe.warmup}")
+
+# %% ../nbs/13_imp.ipynb #ad7adc89
 def tail_recipe(recipe: Recipe | str | Mapping, # the whole T-epoch recipe
                 t: int, # the epoch rewound to, 0 <= t < T
                ) -> Recipe:
     "Epochs t … T − 1 of `recipe`'s schedule as a (T − t)-epoch recipe: what weight rewinding to epoch t trains."
-    recipe = as_recipe(recipe); T = recipe.epochs
-    if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < T:
-        raise ValueError(f"t={t!r}: rewinding goes back to epoch t of the {T}-epoch schedule and trains the remaining "
-                         f"T - t epochs; use an integer 0 <= t < {T}")
+    recipe = as_recipe(recipe); _check_tail(recipe, t)
     if t == 0: return recipe
-    if recipe.schedule not in ("constant", "multistep"):
-        raise ValueError(f"schedule={recipe.schedule!r}: the tail of this schedule is not a recipe of its own; rewinding "
-                         "needs 'multistep' (Ma et al.'s Table E.1 steps) or 'constant'")
-    if recipe.warmup > t: raise ValueError(f"t={t}: the recipe still warms up at epoch {t} (warmup={recipe.warmup}); rewind to t >= {recipe.warmup}")
     passed = sum(m <= t for m in recipe.milestones)
-    return recipe.replace(epochs=T - t, lr=recipe.lr*recipe.gamma**passed, warmup=0,
+    return recipe.replace(epochs=recipe.epochs - t, lr=recipe.lr*recipe.gamma**passed, warmup=0,
                           milestones=tuple(m - t for m in recipe.milestones if m > t))
 
 # %% ../nbs/13_imp.ipynb #94c9a601
@@ -122,6 +130,7 @@ def _plain_state(model: nn.Module, keys) -> dict[str, torch.Tensor]:
     state = model.state_dict() if isinstance(model, nn.Module) else model
     return {k: state[k].detach().to("cpu", copy=True) for k in keys}
 
+# %% ../nbs/13_imp.ipynb #9af5b7f9
 def rewound(model: dict, # get_model arguments
             state: Mapping[str, torch.Tensor], # the rewind point: a state dict of the plain architecture
             mask: Mask,
@@ -186,94 +195,31 @@ def _imp_splits(data, cache: bool) -> dict[str, DataSplit]:
         raise ValueError("data given as splits cannot be cached (its key would be the tensors): pass cache=False, or a dataset name")
     return splits
 
-# %% ../nbs/13_imp.ipynb #ec5cb639
-def imp(model: Mapping, # get_model arguments (from model_for), with an integer seed
-        data: str | Mapping[str, DataSplit], # dataset name (cacheable), or 'train'/'test' splits with cache=False
-        density: float, # target kept fraction d, in (0, 1]
-        recipe: Recipe | str | Mapping, # training recipe (e.g. "imp-resnet20")
-        rewind: int = 0, # 0: cold (rewind to the initialisation); k > 0: warm (to iteration k of round 0)
-        epochs_per_round: int | None = None, # None: long IMP (the whole recipe each round); E: short IMP
-        fraction: float = 0.2, # pruned fraction of the remaining weights per round
-        seed: int = 0, # batch order and augmentation (every round)
-        exclude: Sequence[str] = (), # layers never pruned: 'first', 'last', names
-        keep_epochs: Sequence[int] = (), # round 0 also keeps the weights after these epochs (weight rewinding: `epoch_state`)
-        round_loss=None, # rounds r >= 1 add round_loss(r, mask, optimum) to the loss (e.g. `rti.Repulsion`); its `config` is in their keys
-        masks_from: IMPResult | None = None, # train this IMP's masks instead of pruning: with another model seed, its reinitialisation
-        cache: bool = True, # every round a cached run ("imp-round"); resumes interrupted runs
-        progress: bool = True,
-        root: str | Path | None = None, # run cache root (default outputs/runs)
-       ) -> IMPResult:
-    "Iterative magnitude pruning to `density` with rewinding: trained rounds, per-round masks and states, and the ticket."
-    density, fraction, model = check_density(density), _check_fraction(fraction), check_model(model)
-    rr, splits = round_recipe(recipe, epochs_per_round), _imp_splits(data, cache)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0: raise ValueError(f"seed={seed!r}: use an integer >= 0")
-    net0 = get_model(**model)
-    ones, keys = Mask.ones(net0, exclude), list(net0.state_dict())
-    if not len(ones): raise ValueError(f"exclude={exclude!r} leaves no tensor to prune")
-    counts = imp_counts(ones.size, density, fraction)
-    per_epoch = math.ceil(len(splits["train"].y)/rr.batch_size)
-    if isinstance(rewind, bool) or not isinstance(rewind, int) or not 0 <= rewind <= rr.epochs*per_epoch:
-        raise ValueError(f"rewind={rewind!r}: round 0 takes {rr.epochs*per_epoch} iterations ({rr.epochs} epochs × {per_epoch}); "
-                         f"use 0 (cold: the initialisation) up to {rr.epochs*per_epoch} (warm)")
+# %% ../nbs/13_imp.ipynb #ba7022b4
+def _check_rewind(rewind, recipe: Recipe, per_epoch: int) -> int:
+    "The rewind iteration k: 0 (cold) up to all of round 0's iterations (warm)."
+    n = recipe.epochs*per_epoch
+    if isinstance(rewind, bool) or not isinstance(rewind, int) or not 0 <= rewind <= n:
+        raise ValueError(f"rewind={rewind!r}: round 0 takes {n} iterations ({recipe.epochs} epochs × {per_epoch}); "
+                         f"use 0 (cold: the initialisation) up to {n} (warm)")
+    return rewind
+
+def _check_keep_epochs(keep_epochs, recipe: Recipe) -> list[int]:
+    "The epochs after which round 0 keeps its state, sorted: each t with 1 <= t < the round's epochs."
     keep = sorted(set(keep_epochs))
-    bad = [t for t in keep if isinstance(t, bool) or not isinstance(t, int) or not 1 <= t < rr.epochs]
-    if bad: raise ValueError(f"keep_epochs={list(keep_epochs)!r}: round 0 trains {rr.epochs} epochs; keep epochs t with 1 <= t < {rr.epochs}")
-    base = dict(model=model, data=data if isinstance(data, str) else None, recipe=rr, rewind=rewind, fraction=fraction,
-                exclude=[n for n in prunable_weights(net0) if n not in ones], seed=seed)
+    bad = [t for t in keep if isinstance(t, bool) or not isinstance(t, int) or not 1 <= t < recipe.epochs]
+    if bad: raise ValueError(f"keep_epochs={list(keep_epochs)!r}: round 0 trains {recipe.epochs} epochs; keep epochs t with 1 <= t < {recipe.epochs}")
+    return keep
+
+# %% ../nbs/13_imp.ipynb #d7df4884
+def _check_round_loss(round_loss):
+    "`round_loss`, checked: None, or a callable with a `config` dict (its cache key)."
     if round_loss is not None and not (callable(round_loss) and isinstance(getattr(round_loss, "config", None), Mapping)):
         raise ValueError(f"round_loss={round_loss!r}: use an object with a `config` dict (its cache key) that is called as "
                          "round_loss(r, mask, optimum) -> extra_loss or None, e.g. rti.Repulsion(lam_r=2)")
-    source = _check_source(masks_from, model, ones, counts, cache)
-    test = splits["test"]
-    runs: dict[int, Run | Result] = {}
+    return round_loss
 
-    def train_round(config, workdir):
-        r = config["round"]
-        if r == 0: mask, net = ones, get_model(**model)
-        else:
-            if source is not None: mask = source.mask(r)
-            else:
-                prev = get_round(r - 1)
-                mask = imp_prune(Mask(prev.tensors["mask"]), prev.tensors["state"], density, fraction)
-            net = rewound(model, get_round(0).tensors["rewind"], mask)
-        init = _plain_state(net, keys) if r == 0 else None
-        pre = evaluate(apply_mask(net, mask).to(get_device()), test)
-        snap = [Snapshot(iterations=[rewind], epochs=keep)] if r == 0 else []
-        extra = round_loss(r, mask, lambda k: get_round(k).tensors["state"]) if round_loss is not None and r > 0 else None
-        hist = fit(net, splits, rr, mask=mask, extra_loss=extra, callbacks=snap, seed=seed, progress=progress,
-                   checkpoint=None if workdir is None else workdir/CHECKPOINT)
-        tensors = dict(mask=mask.state_dict(), state=_plain_state(net, keys))
-        if r == 0: tensors.update(init=init, rewind=_plain_state(snap[0].iterations[rewind], keys),
-                                  epochs={t: _plain_state(snap[0].epochs[t], keys) for t in keep})
-        last = hist.query("split == 'test'").groupby("metric").value.last()
-        return Result(hist, tensors, dict(round=r, density=mask.density, kept=mask.nonzeros, epochs=rr.epochs,
-                                          pre_loss=pre["loss"], pre_acc=pre["acc"], loss=float(last["loss"]), acc=float(last["acc"])))
-
-    def get_round(r):
-        if r not in runs:
-            cfg = dict(base, round=r, **({"keep_epochs": keep} if r == 0 and keep else {}))   # only round 0 depends on it
-            if r > 0 and round_loss is not None: cfg["round_loss"] = dict(round_loss.config)
-            if r > 0 and source is not None: cfg["masks_from"] = _run_key(source.runs[r]) if cache else r
-            runs[r] = cached_run("imp-round", cfg, train_round, root=root) if cache else train_round(cfg, None)
-        return runs[r]
-
-    trained = max(len(counts) - 1, 1)            # R trained rounds (round 0 also when d = 1: it has the rewind point)
-    for r in tqdm(range(trained), desc=f"imp to {density:.4g}", unit="round", disable=not progress): get_round(r)
-    last = runs[trained - 1]
-    if source is not None: final = source.ticket.mask
-    else: final = imp_prune(Mask(last.tensors["mask"]), last.tensors["state"], density, fraction) if len(counts) > 1 else ones
-    ticket_net = rewound(model, runs[0].tensors["rewind"], final)
-    pre = evaluate(ticket_net.to(get_device()), test)
-    hist = _history([runs[r] for r in range(trained)])
-    extras = dict(**({"round_loss": dict(round_loss.config)} if round_loss is not None else {}),
-                  **({"masks_from": source.ticket.key} if source is not None else {}))
-    key = f"imp-{run_hash('imp', dict(base, density=density, **extras), CACHE_VERSION)}" if cache else None
-    info = dict(algorithm="imp", density=final.density, kept=final.nonzeros, prunings=len(counts) - 1, rewind=rewind,
-                epochs_per_round=rr.epochs, fraction=fraction, pre_finetune_loss=pre["loss"], pre_finetune_acc=pre["acc"])
-    ticket = Ticket(final, runs[0].tensors["rewind"], model, hist, info, key=key)
-    table = pd.DataFrame([dict(runs[r].info, cached=bool(getattr(runs[r], "cached", False))) for r in range(trained)])
-    return IMPResult(table, ticket, hist, pre["acc"], [runs[r] for r in range(trained)], model)
-
+# %% ../nbs/13_imp.ipynb #b9ed214b
 def _run_key(run) -> str:
     return f"{run.kind}-{run.key}"
 
@@ -291,6 +237,73 @@ def _check_source(source, model, ones, counts, cache) -> IMPResult | None:
     if cache and not all(isinstance(r, Run) for r in source.runs): raise ValueError("masks_from was not cached: pass cache=False")
     return source
 
+# %% ../nbs/13_imp.ipynb #16baece5
+@dataclass
+class _IMPSetup:
+    "One `imp` call's checked arguments and what its rounds share."
+    model: dict; splits: dict; recipe: Recipe; density: float; fraction: float; rewind: int; seed: int
+    ones: Mask; keys: list; counts: list; keep: list; base: dict; round_loss: object; source: IMPResult | None
+
+def _imp_setup(model, data, density, recipe, rewind, epochs_per_round, fraction, seed, exclude, keep_epochs, round_loss,
+               masks_from, cache) -> _IMPSetup:
+    "`imp`'s arguments, checked in order, and the rounds' shared configuration (`base`)."
+    density, fraction, model = check_density(density), _check_fraction(fraction), check_model(model)
+    rr, splits = round_recipe(recipe, epochs_per_round), _imp_splits(data, cache)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0: raise ValueError(f"seed={seed!r}: use an integer >= 0")
+    net0 = get_model(**model)
+    ones, keys = Mask.ones(net0, exclude), list(net0.state_dict())
+    if not len(ones): raise ValueError(f"exclude={exclude!r} leaves no tensor to prune")
+    counts = imp_counts(ones.size, density, fraction)
+    rewind = _check_rewind(rewind, rr, math.ceil(len(splits["train"].y)/rr.batch_size))
+    keep = _check_keep_epochs(keep_epochs, rr)
+    base = dict(model=model, data=data if isinstance(data, str) else None, recipe=rr, rewind=rewind, fraction=fraction,
+                exclude=[n for n in prunable_weights(net0) if n not in ones], seed=seed)
+    round_loss = _check_round_loss(round_loss)
+    source = _check_source(masks_from, model, ones, counts, cache)
+    return _IMPSetup(model, splits, rr, density, fraction, rewind, seed, ones, keys, counts, keep, base, round_loss, source)
+
+# %% ../nbs/13_imp.ipynb #99c4f747
+def _round_config(s: _IMPSetup, r: int, cache: bool) -> dict:
+    "Round r's configuration: its cache key."
+    cfg = dict(s.base, round=r, **({"keep_epochs": s.keep} if r == 0 and s.keep else {}))   # only round 0 depends on it
+    if r > 0 and s.round_loss is not None: cfg["round_loss"] = dict(s.round_loss.config)
+    if r > 0 and s.source is not None: cfg["masks_from"] = _run_key(s.source.runs[r]) if cache else r
+    return cfg
+
+# %% ../nbs/13_imp.ipynb #1339a1ef
+def _round_start(s: _IMPSetup, r: int, get_round) -> tuple[Mask, nn.Module]:
+    "Round r's mask and the network it trains from."
+    if r == 0: return s.ones, get_model(**s.model)
+    if s.source is not None: mask = s.source.mask(r)
+    else:
+        prev = get_round(r - 1)
+        mask = imp_prune(Mask(prev.tensors["mask"]), prev.tensors["state"], s.density, s.fraction)
+    return mask, rewound(s.model, get_round(0).tensors["rewind"], mask)
+
+# %% ../nbs/13_imp.ipynb #c680d13c
+def _round_info(r: int, mask: Mask, recipe: Recipe, pre: Mapping, hist: pd.DataFrame) -> dict:
+    "Round r's row: density, kept, epochs, test loss/accuracy before (`pre`) and after training (the history's last)."
+    last = hist.query("split == 'test'").groupby("metric").value.last()
+    return dict(round=r, density=mask.density, kept=mask.nonzeros, epochs=recipe.epochs,
+                pre_loss=pre["loss"], pre_acc=pre["acc"], loss=float(last["loss"]), acc=float(last["acc"]))
+
+# %% ../nbs/13_imp.ipynb #c02da328
+def _train_round(s: _IMPSetup, config: dict, workdir: Path | None, get_round, progress: bool) -> Result:
+    "Train round `config['round']` (a `cached_run` function): its mask and trained state, and round 0's rewind point."
+    r = config["round"]
+    mask, net = _round_start(s, r, get_round)
+    init = _plain_state(net, s.keys) if r == 0 else None
+    pre = evaluate(apply_mask(net, mask).to(get_device()), s.splits["test"])
+    snap = [Snapshot(iterations=[s.rewind], epochs=s.keep)] if r == 0 else []
+    extra = s.round_loss(r, mask, lambda k: get_round(k).tensors["state"]) if s.round_loss is not None and r > 0 else None
+    hist = fit(net, s.splits, s.recipe, mask=mask, extra_loss=extra, callbacks=snap, seed=s.seed, progress=progress,
+               checkpoint=None if workdir is None else workdir/CHECKPOINT)
+    tensors = dict(mask=mask.state_dict(), state=_plain_state(net, s.keys))
+    if r == 0: tensors.update(init=init, rewind=_plain_state(snap[0].iterations[s.rewind], s.keys),
+                              epochs={t: _plain_state(snap[0].epochs[t], s.keys) for t in s.keep})
+    return Result(hist, tensors, _round_info(r, mask, s.recipe, pre, hist))
+
+# %% ../nbs/13_imp.ipynb #ec5cb639
 def _history(runs) -> pd.DataFrame:
     "The rounds' histories in one long table; epoch 0 rows: the test loss/accuracy of the network each round starts from."
     parts, offset = [], 0.0
@@ -303,6 +316,60 @@ def _history(runs) -> pd.DataFrame:
         parts.append(pd.concat([pre, h], ignore_index=True).assign(round=i["round"]))
     cols = ["round", "epoch", "split", "metric", "value", "density", "lr", "time"]
     return pd.concat(parts, ignore_index=True)[cols]
+
+# %% ../nbs/13_imp.ipynb #0597ebdd
+def _ticket_key(s: _IMPSetup) -> str:
+    "The ticket's cache key: the rounds' shared configuration with the target density (and the hooks, if any)."
+    extras = dict(**({"round_loss": dict(s.round_loss.config)} if s.round_loss is not None else {}),
+                  **({"masks_from": s.source.ticket.key} if s.source is not None else {}))
+    return f"imp-{run_hash('imp', dict(s.base, density=s.density, **extras), CACHE_VERSION)}"
+
+def _imp_result(s: _IMPSetup, runs: list, cache: bool) -> IMPResult:
+    "The IMPResult of the trained rounds `runs`: the last pruning (or `masks_from`'s ticket mask) on the rewind point."
+    last = runs[-1]
+    if s.source is not None: final = s.source.ticket.mask
+    else: final = imp_prune(Mask(last.tensors["mask"]), last.tensors["state"], s.density, s.fraction) if len(s.counts) > 1 else s.ones
+    pre = evaluate(rewound(s.model, runs[0].tensors["rewind"], final).to(get_device()), s.splits["test"])
+    hist = _history(runs)
+    info = dict(algorithm="imp", density=final.density, kept=final.nonzeros, prunings=len(s.counts) - 1, rewind=s.rewind,
+                epochs_per_round=s.recipe.epochs, fraction=s.fraction, pre_finetune_loss=pre["loss"], pre_finetune_acc=pre["acc"])
+    ticket = Ticket(final, runs[0].tensors["rewind"], s.model, hist, info, key=_ticket_key(s) if cache else None)
+    table = pd.DataFrame([dict(run.info, cached=bool(getattr(run, "cached", False))) for run in runs])
+    return IMPResult(table, ticket, hist, pre["acc"], runs, s.model)
+
+# %% ../nbs/13_imp.ipynb #47778e88
+def imp(model: Mapping, # get_model arguments (from model_for), with an integer seed
+        data: str | Mapping[str, DataSplit], # dataset name (cacheable), or 'train'/'test' splits with cache=False
+        density: float, # target kept fraction d, in (0, 1]
+        recipe: Recipe | str | Mapping, # training recipe (e.g. "imp-resnet20")
+        rewind: int = 0, # 0: cold (rewind to the initialisation); k > 0: warm (to iteration k of round 0)
+        epochs_per_round: int | None = None, # None: long IMP (the whole recipe each round); E: short IMP
+        fraction: float = 0.2, # pruned fraction of the remaining weights per round
+        seed: int = 0, # batch order and augmentation (every round)
+        exclude: Sequence[str] = (), # layers never pruned: 'first', 'last', names
+        keep_epochs: Sequence[int] = (), # round 0 also keeps the weights after these epochs (weight rewinding: `epoch_state`)
+        round_loss=None, # rounds r >= 1 add round_loss(r, mask, optimum) to the loss (e.g. `rti.Repulsion`); its `config` is in their keys
+        masks_from: IMPResult | None = None, # train this IMP's masks instead of pruning: with another model seed, its reinitialisation
+        cache: bool = True, # every round a cached run ("imp-round"); resumes interrupted runs
+        progress: bool = True,
+        root: str | Path | None = None, # run cache root (default outputs/runs)
+       ) -> IMPResult:
+    "Iterative magnitude pruning to `density` with rewinding: trained rounds, per-round masks and states, and the ticket."
+    s = _imp_setup(model, data, density, recipe, rewind, epochs_per_round, fraction, seed, exclude, keep_epochs, round_loss,
+                   masks_from, cache)
+    runs: dict[int, Run | Result] = {}
+
+    def train_round(config, workdir): return _train_round(s, config, workdir, get_round, progress)
+
+    def get_round(r):
+        if r not in runs:
+            cfg = _round_config(s, r, cache)
+            runs[r] = cached_run("imp-round", cfg, train_round, root=root) if cache else train_round(cfg, None)
+        return runs[r]
+
+    trained = max(len(s.counts) - 1, 1)            # R trained rounds (round 0 also when d = 1: it has the rewind point)
+    for r in tqdm(range(trained), desc=f"imp to {s.density:.4g}", unit="round", disable=not progress): get_round(r)
+    return _imp_result(s, [runs[r] for r in range(trained)], cache)
 
 # %% ../nbs/13_imp.ipynb #228ae8f1
 VARIANTS = ("LT-IMP", "RR-IMP", "LT-OMP", "RR-OMP", "WR-IMP", "WR-OMP", "SD")
@@ -317,6 +384,7 @@ def imp_level(density: float, fraction: float = 0.2) -> int:
                          f"{keep**a:.4g} (r = {a}) and {keep**(a + 1):.4g} (r = {a + 1})")
     return r
 
+# %% ../nbs/13_imp.ipynb #9b2f3265
 def omp_mask(chain: IMPResult, # its round 0 is the trained dense network
              kept: int, # weights to keep
             ) -> Mask:
@@ -324,6 +392,7 @@ def omp_mask(chain: IMPResult, # its round 0 is the trained dense network
     ones = chain.mask(0)
     return magnitude(ones, chain.state(0), density=kept/ones.size)
 
+# %% ../nbs/13_imp.ipynb #c7416819
 def reinitialised(ticket: Ticket, # its mask is kept
                   seed: int, # the new initialisation's seed
                   init: str | None = None, # another initialisation scheme (default: the ticket's)
@@ -353,6 +422,7 @@ class LotterySanity:
         r = imp_level(density, self.chain.ticket.info["fraction"])
         return self.table[self.table.level.isin([0, r])].set_index("variant")
 
+# %% ../nbs/13_imp.ipynb #8566c0fc
 def _check_variants(variants) -> list[str]:
     variants = [variants] if isinstance(variants, str) else list(variants)
     bad = [v for v in variants if v not in VARIANTS]
@@ -361,6 +431,91 @@ def _check_variants(variants) -> list[str]:
 
 def _masked(state: Mapping[str, torch.Tensor], mask: Mask) -> dict[str, torch.Tensor]:
     return {n: state[n] for n in mask}
+
+# %% ../nbs/13_imp.ipynb #46bba202
+@dataclass(frozen=True)
+class _SanityPlan:
+    "One `lottery_sanity` call's checked arguments."
+    model: dict; recipe: Recipe; variants: list; levels: list; t: int; tail: Recipe | None; rr_seed: int; exclude: Sequence[str]
+
+def _sanity_plan(model, data, densities, recipe, variants, rewind_epoch, rr_seed, fraction, exclude) -> _SanityPlan:
+    "`lottery_sanity`'s arguments, checked in order: the IMP levels, t (default 5% of T), WR's tail recipe, θ′₀'s seed."
+    model, recipe, variants = check_model(model), as_recipe(recipe), _check_variants(variants)
+    if not isinstance(data, str): raise ValueError(f"data={type(data).__name__}: give a dataset name (every training here is a cached run)")
+    levels = sorted({imp_level(d, fraction) for d in ([densities] if isinstance(densities, (int, float)) else densities)})
+    if not levels or levels[0] == 0: raise ValueError(f"densities={densities!r}: give densities below 1 (the dense network is always in the table)")
+    T = recipe.epochs
+    t = max(1, round(0.05*T)) if rewind_epoch is None else rewind_epoch
+    if isinstance(t, bool) or not isinstance(t, int) or not 1 <= t < T:
+        raise ValueError(f"rewind_epoch={t!r}: weight rewinding restarts from the dense network after epoch t of T = {T} "
+                         f"and trains T - t epochs; use an integer 1 <= t < {T}")
+    tail = tail_recipe(recipe, t) if {"WR-IMP", "WR-OMP"} & set(variants) else None
+    rr_seed = model["seed"] + 1 if rr_seed is None else rr_seed
+    if rr_seed == model["seed"]: raise ValueError(f"rr_seed={rr_seed} is the model's own seed: random reinitialisation needs another")
+    return _SanityPlan(model, recipe, variants, levels, t, tail, rr_seed, exclude)
+
+# %% ../nbs/13_imp.ipynb #03be2078
+def _sanity_row(variant: str, r: int, ticket: Ticket, hist: pd.DataFrame, pre: float, epochs: int, start: str, **extra) -> dict:
+    "A network's row: its level, density and kept count (none for SD), start, epochs, accuracy before and after, seconds, key."
+    sparse, m = variant != "SD", ticket.mask
+    return dict(variant=variant, level=r, density=m.density if sparse else float("nan"), kept=m.nonzeros if sparse else None,
+                start=start, epochs=epochs, pre_acc=pre, acc=last_value(hist), time_s=fit_seconds(hist), key=ticket.key, **extra)
+
+# %% ../nbs/13_imp.ipynb #4400a141
+@dataclass
+class _SanityRuns:
+    "The networks one `lottery_sanity` call trains (cached) and records: the table's rows, the masked layers' weights."
+    data: str
+    test: DataSplit
+    seed: int
+    rows: list = field(default_factory=list)
+    weights: dict = field(default_factory=dict)
+
+    def add(self, variant, r, ticket, trained, hist, pre, epochs, start, **extra):
+        "Record a trained network: its row, and (a sparse one) its masked layers' starting and trained weights."
+        self.rows.append(_sanity_row(variant, r, ticket, hist, pre, epochs, start, **extra))
+        m = ticket.mask
+        if variant != "SD": self.weights[(variant, r)] = (_masked(ticket.weights, m), _masked(trained, m), m)
+
+    def train(self, variant, r, ticket, recipe, start, **extra):
+        "Finetune `ticket` with `recipe` (a cached run) and record it, with its network's accuracy before training."
+        net, hist = finetune(ticket, self.data, recipe, seed=self.seed, progress=False)
+        self.add(variant, r, ticket, net.state_dict(), hist, evaluate(ticket.network(), self.test)["acc"], recipe.epochs, start, **extra)
+
+# %% ../nbs/13_imp.ipynb #4ff0ec43
+def _small_dense_ticket(model: dict, density: float, exclude: Sequence[str]) -> tuple[Ticket, SmallDense]:
+    "The small dense network matched to `model` at `density` (`baselines.small_dense`), as a ticket to train."
+    opts = {k: v for k, v in model.items() if k != "name"}
+    sd = small_dense(model["name"], density, exclude, **opts)
+    net = get_model(**sd.model)
+    return Ticket(Mask.ones(net), net.state_dict(), sd.model, key=f"init-{run_hash('init', sd.model)}", info=dict(width=sd.width)), sd
+
+# %% ../nbs/13_imp.ipynb #6e98a1b2
+def _sanity_level(out: _SanityRuns, p: _SanityPlan, chain: IMPResult, r: int, dense: Ticket, theta_t, unpruned: int):
+    "Every variant `p` asks for at IMP level r, recorded in `out`; `unpruned`: the parameters no mask touches."
+    lt, v, t = chain.level(r), p.variants, p.t
+    kept = lt.mask.nonzeros; params = unpruned + kept
+    if "LT-IMP" in v:    # round r of the chain trained exactly this ticket
+        out.add("LT-IMP", r, lt, chain.state(r), chain.runs[r].history, chain.runs[r].info["pre_acc"], p.recipe.epochs, "θ0", params=params)
+    if "RR-IMP" in v: out.train("RR-IMP", r, reinitialised(lt, p.rr_seed), p.recipe, "θ0'", params=params)
+    if "WR-IMP" in v: out.train("WR-IMP", r, lt.replace(f"wr-{t}", weights=theta_t), p.tail, f"θ{t}", params=params)
+    omp = Ticket(omp_mask(chain, kept), dense.weights, p.model, key=None if dense.key is None else f"{dense.key}/omp-{kept}",
+                 info=dict(algorithm="omp", kept=kept))
+    if "LT-OMP" in v: out.train("LT-OMP", r, omp, p.recipe, "θ0", params=params)
+    if "RR-OMP" in v: out.train("RR-OMP", r, reinitialised(omp, p.rr_seed), p.recipe, "θ0'", params=params)
+    if "WR-OMP" in v: out.train("WR-OMP", r, omp.replace(f"wr-{t}", weights=theta_t), p.tail, f"θ{t}", params=params)
+    if "SD" in v:
+        ticket, sd = _small_dense_ticket(p.model, kept/chain.mask(0).size, p.exclude)
+        out.train("SD", r, ticket, p.recipe, "θ0 (SD)", params=sd.params, target_params=sd.target, width=sd.width)
+
+# %% ../nbs/13_imp.ipynb #3fa1398c
+def _sanity_table(rows: list[dict], fraction: float) -> pd.DataFrame:
+    "`LotterySanity.table` from the rows: fixed columns, integer counts (missing ones <NA>), the nominal density."
+    cols = ["variant", "level", "density", "kept", "params", "target_params", "width", "start", "epochs", "pre_acc", "acc", "time_s", "key"]
+    table = pd.DataFrame(rows).reindex(columns=cols)
+    table[["kept", "params", "target_params"]] = table[["kept", "params", "target_params"]].astype("Int64")
+    table["nominal"] = (1 - fraction)**table.level
+    return table
 
 # %% ../nbs/13_imp.ipynb #e3b21189
 def lottery_sanity(model: Mapping, # get_model arguments (model_for), with an integer seed
@@ -376,60 +531,14 @@ def lottery_sanity(model: Mapping, # get_model arguments (model_for), with an in
                    progress: bool = True,
                   ) -> LotterySanity:
     "LT/RR × IMP/OMP, WR and the small dense network at the given densities, all trained with `recipe`."
-    model, recipe, variants = check_model(model), as_recipe(recipe), _check_variants(variants)
-    if not isinstance(data, str): raise ValueError(f"data={type(data).__name__}: give a dataset name (every training here is a cached run)")
-    levels = sorted({imp_level(d, fraction) for d in ([densities] if isinstance(densities, (int, float)) else densities)})
-    if not levels or levels[0] == 0: raise ValueError(f"densities={densities!r}: give densities below 1 (the dense network is always in the table)")
-    T = recipe.epochs
-    t = max(1, round(0.05*T)) if rewind_epoch is None else rewind_epoch
-    if isinstance(t, bool) or not isinstance(t, int) or not 1 <= t < T:
-        raise ValueError(f"rewind_epoch={t!r}: weight rewinding restarts from the dense network after epoch t of T = {T} "
-                         f"and trains T - t epochs; use an integer 1 <= t < {T}")
-    tail = tail_recipe(recipe, t) if {"WR-IMP", "WR-OMP"} & set(variants) else None
-    rr_seed = model["seed"] + 1 if rr_seed is None else rr_seed
-    if rr_seed == model["seed"]: raise ValueError(f"rr_seed={rr_seed} is the model's own seed: random reinitialisation needs another")
-    stats0, test = dict(STATS), load_dataset(data, "test")
-    chain = imp(model, data, (1 - fraction)**(levels[-1] + 1), recipe, rewind=0, fraction=fraction, seed=seed,
-                exclude=exclude, keep_epochs=(t,), progress=progress)
-    theta_t, ones = chain.epoch_state(t), chain.mask(0)
-    unpruned = count_parameters(get_model(**model)) - ones.size    # parameters no mask touches (biases, BatchNorm, excluded layers)
-    rows, weights = [], {}
-
-    def add(variant, r, ticket, trained, hist, pre, epochs, start, **extra):
-        sparse = variant != "SD"                       # SD is dense: no mask, no kept count, no weights to compare
-        m = ticket.mask
-        rows.append(dict(variant=variant, level=r, density=m.density if sparse else float("nan"), kept=m.nonzeros if sparse else None,
-                         start=start, epochs=epochs, pre_acc=pre, acc=last_value(hist), time_s=fit_seconds(hist), key=ticket.key, **extra))
-        if sparse: weights[(variant, r)] = (_masked(ticket.weights, m), _masked(trained, m), m)
-
-    def train(variant, r, ticket, rcp, start, **extra):
-        net, hist = finetune(ticket, data, rcp, seed=seed, progress=False)
-        add(variant, r, ticket, net.state_dict(), hist, evaluate(ticket.network(), test)["acc"], rcp.epochs, start, **extra)
-
+    p = _sanity_plan(model, data, densities, recipe, variants, rewind_epoch, rr_seed, fraction, exclude)
+    stats0, out = dict(STATS), _SanityRuns(data, load_dataset(data, "test"), seed)
+    chain = imp(p.model, data, (1 - fraction)**(p.levels[-1] + 1), p.recipe, rewind=0, fraction=fraction, seed=seed,
+                exclude=exclude, keep_epochs=(p.t,), progress=progress)
+    theta_t, ones = chain.epoch_state(p.t), chain.mask(0)
+    unpruned = count_parameters(get_model(**p.model)) - ones.size    # parameters no mask touches (biases, BatchNorm, excluded layers)
     dense = chain.level(0)
-    add("dense", 0, dense, chain.state(0), chain.runs[0].history, chain.runs[0].info["pre_acc"], T, "θ0")
-    bar = tqdm(levels, desc="lottery sanity", unit="level", disable=not progress)
-    for r in bar:
-        lt = chain.level(r)
-        kept = lt.mask.nonzeros; params = unpruned + kept
-        if "LT-IMP" in variants:    # round r of the chain trained exactly this ticket
-            add("LT-IMP", r, lt, chain.state(r), chain.runs[r].history, chain.runs[r].info["pre_acc"], T, "θ0", params=params)
-        if "RR-IMP" in variants: train("RR-IMP", r, reinitialised(lt, rr_seed), recipe, "θ0'", params=params)
-        if "WR-IMP" in variants: train("WR-IMP", r, lt.replace(f"wr-{t}", weights=theta_t), tail, f"θ{t}", params=params)
-        omp = Ticket(omp_mask(chain, kept), dense.weights, model, key=None if dense.key is None else f"{dense.key}/omp-{kept}",
-                     info=dict(algorithm="omp", kept=kept))
-        if "LT-OMP" in variants: train("LT-OMP", r, omp, recipe, "θ0", params=params)
-        if "RR-OMP" in variants: train("RR-OMP", r, reinitialised(omp, rr_seed), recipe, "θ0'", params=params)
-        if "WR-OMP" in variants: train("WR-OMP", r, omp.replace(f"wr-{t}", weights=theta_t), tail, f"θ{t}", params=params)
-        if "SD" in variants:
-            opts = {k: v for k, v in model.items() if k != "name"}
-            sd = small_dense(model["name"], kept/ones.size, exclude, **opts)
-            net = get_model(**sd.model)
-            ticket = Ticket(Mask.ones(net), net.state_dict(), sd.model, key=f"init-{run_hash('init', sd.model)}", info=dict(width=sd.width))
-            train("SD", r, ticket, recipe, "θ0 (SD)", params=sd.params, target_params=sd.target, width=sd.width)
-    cols = ["variant", "level", "density", "kept", "params", "target_params", "width", "start", "epochs", "pre_acc", "acc", "time_s", "key"]
-    table = pd.DataFrame(rows).reindex(columns=cols)
-    table[["kept", "params", "target_params"]] = table[["kept", "params", "target_params"]].astype("Int64")
-    table["nominal"] = (1 - fraction)**table.level
-    cache = run_counts(stats0)
-    return LotterySanity(table, chain, t, weights, cache)
+    out.add("dense", 0, dense, chain.state(0), chain.runs[0].history, chain.runs[0].info["pre_acc"], p.recipe.epochs, "θ0")
+    for r in tqdm(p.levels, desc="lottery sanity", unit="level", disable=not progress):
+        _sanity_level(out, p, chain, r, dense, theta_t, unpruned)
+    return LotterySanity(_sanity_table(out.rows, fraction), chain, p.t, out.weights, run_counts(stats0))
