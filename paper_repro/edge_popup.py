@@ -26,6 +26,25 @@ __all__ = ['CACHE_VERSION', 'SCORE_INITS', 'edge_popup']
 CACHE_VERSION = 1  # bump when edge_popup changes what a run computes
 SCORE_INITS = ("kaiming_uniform", "uniform")
 
+# %% ../nbs/11_edge_popup.ipynb #e9541206
+def _score_recipe(recipe: Recipe | str | Mapping) -> Recipe:
+    "`recipe` as a Recipe, if it trains only the scores (else an error saying which recipe does)."
+    recipe = as_recipe(recipe)
+    if recipe.trains != "scores":
+        raise ValueError(f"recipe.trains={recipe.trains!r}: Edge-Popup trains only the scores (weights stay at their "
+                         "initialisation); use a recipe with trains='scores', e.g. get_recipe('ep-cpu')")
+    return recipe
+
+# %% ../nbs/11_edge_popup.ipynb #2e1f2727
+def _searched_ticket(net: nn.Module, spec: Mapping, density: float, hist: pd.DataFrame) -> Ticket:
+    "Edge-Popup's result from the searched network `net` (its history `hist`)."
+    mask = get_mask(net).to("cpu")
+    info = dict(density=density, kept={n: int(t.sum()) for n, t in mask.items()},
+                size={n: t.numel() for n, t in mask.items()}, test_acc=last_value(hist))
+    scores = {n: l.scores.detach().to("cpu", copy=True) for n, l in masked_layers(net).items()}
+    return Ticket(mask, plain_state(net), spec, hist, info, extras=dict(scores=scores))
+
+# %% ../nbs/11_edge_popup.ipynb #f7958592
 def edge_popup(model: Mapping, # get_model arguments (e.g. `model_for(data, name, ...)`); init defaults to "signed_constant"
                data: str | Mapping, # a dataset name (cacheable) or a dict of splits with "train"
                density: float, # the kept fraction of every prunable layer, in (0, 1]
@@ -39,20 +58,13 @@ def edge_popup(model: Mapping, # get_model arguments (e.g. `model_for(data, name
     density = check_density(density)
     if not isinstance(model, Mapping): check_model(model)         # the error for a non-dict
     if scores not in SCORE_INITS: raise ValueError(f"scores={scores!r}: use one of {', '.join(map(repr, SCORE_INITS))}")
-    recipe = as_recipe(recipe)
-    if recipe.trains != "scores":
-        raise ValueError(f"recipe.trains={recipe.trains!r}: Edge-Popup trains only the scores (weights stay at their "
-                         "initialisation); use a recipe with trains='scores', e.g. get_recipe('ep-cpu')")
+    recipe = _score_recipe(recipe)
     spec = check_model({"init": "signed_constant", "seed": seed, **model})
     net = to_masked(get_model(**spec), rule="topk", density=density, scores=scores, seed=seed)  # checks every layer keeps ≥ 1
 
     def search(config=None, workdir: Path | None = None) -> Ticket:
         hist = fit(net, data, recipe, seed=seed, progress=progress, checkpoint=None if workdir is None else workdir/CHECKPOINT)
-        mask = get_mask(net).to("cpu")
-        info = dict(density=density, kept={n: int(t.sum()) for n, t in mask.items()},
-                    size={n: t.numel() for n, t in mask.items()}, test_acc=last_value(hist))
-        scores = {n: l.scores.detach().to("cpu", copy=True) for n, l in masked_layers(net).items()}
-        return Ticket(mask, plain_state(net), spec, hist, info, extras=dict(scores=scores))
+        return _searched_ticket(net, spec, density, hist)
 
     if not (cache and isinstance(data, str)): return search()
     config = dict(model=spec, data=data, density=density, recipe=recipe, scores=scores, seed=seed)

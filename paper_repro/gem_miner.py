@@ -25,7 +25,7 @@ from .tickets import check_model, finetune, model_for, Ticket
 CACHE_VERSION = 1
 
 # %% auto #0
-__all__ = ['CACHE_VERSION', 'EVENTS', 'REGULARIZERS', 'GEMS_OPTIONS', 'FIG3', 'freezing_bound', 'freezing_events', 'freeze',
+__all__ = ['CACHE_VERSION', 'EVENTS', 'REGULARIZERS', 'GEMS_OPTIONS', 'freezing_bound', 'freezing_events', 'freeze',
            'score_regularizer', 'Miner', 'gem_miner']
 
 # %% ../nbs/10_gem_miner.ipynb #10c97cb6
@@ -35,6 +35,7 @@ def freezing_bound(epoch: float, epochs: int, density: float) -> float:
     "The density bound e^{-c·epoch}, c = ln(1/density)/epochs (1 at epoch 0, `density` at the last epoch)."
     return math.exp(-math.log(1/density)*epoch/epochs)
 
+# %% ../nbs/10_gem_miner.ipynb #7a023a21
 def freezing_events(epochs: int, # E
                     period: int, # T
                     density: float | None, # target s (None: no freezing)
@@ -99,6 +100,31 @@ class Miner(Callback):
     def state_dict(self): return dict(collapsed=self.collapsed)
     def load_state_dict(self, d): self.collapsed = dict(d["collapsed"])
 
+# %% ../nbs/10_gem_miner.ipynb #2d650c97
+def _check_mining(density: float | None, lam: float, period: int, recipe: Recipe):
+    "The errors of `gem_miner`'s arguments: the density, λ, and the period (at most the recipe's epochs)."
+    if density is not None: check_density(density)
+    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam) or lam < 0:
+        raise ValueError(f"lam={lam!r}: the regularisation weight must be a number >= 0")
+    if isinstance(period, bool) or not isinstance(period, int) or not 1 <= period <= recipe.epochs:
+        raise ValueError(f"period={period!r}: freeze every 1..{recipe.epochs} epochs (the recipe has {recipe.epochs})")
+
+# %% ../nbs/10_gem_miner.ipynb #a6fb934b
+def _mined_ticket(net: nn.Module, miner: Miner, model: Mapping, density: float | None, lam: float, unflag: bool, data: str,
+                  hist: pd.DataFrame) -> Ticket:
+    "GEM-MINER's result from the mined network `net` (its callback `miner`, its history `hist`)."
+    layers = masked_layers(net)
+    q = Mask({n: l.mask for n, l in layers.items()})
+    mask = q if unflag else get_mask(net)
+    final = evaluate(net, load_dataset(data, "test"))   # the last epoch's row predates its freezing event
+    info = dict(density=mask.density, target=density, lam=lam, frozen_density=q.density,
+                collapsed=sorted({n for g in miner.collapsed.values() for n in g}),
+                collapse_epoch=min(miner.collapsed) if miner.collapsed else None,
+                pre_finetune_acc=final["acc"], pre_finetune_loss=final["loss"])
+    extras = dict(scores={n: l.scores.detach().cpu().clone() for n, l in layers.items()}, frozen=q.state_dict())
+    return Ticket(mask, plain_state(net), dict(model), hist, info, extras=extras)
+
+# %% ../nbs/10_gem_miner.ipynb #ca9d1c65
 def gem_miner(model: Mapping, # get_model arguments, e.g. model_for("fashion-mnist", "lenet-300-100", init="signed_constant")
               data: str, # dataset name
               density: float | None, # target s; None = GEM-MINER(0)-style mining without freezing
@@ -115,11 +141,7 @@ def gem_miner(model: Mapping, # get_model arguments, e.g. model_for("fashion-mni
              ) -> Ticket:
     "Mine a sparse mask of the frozen network `model` with GEM-MINER(λ) (Algorithm 1); return it as a Ticket."
     recipe = as_recipe(recipe).replace(trains="scores")
-    if density is not None: check_density(density)
-    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam) or lam < 0:
-        raise ValueError(f"lam={lam!r}: the regularisation weight must be a number >= 0")
-    if isinstance(period, bool) or not isinstance(period, int) or not 1 <= period <= recipe.epochs:
-        raise ValueError(f"period={period!r}: freeze every 1..{recipe.epochs} epochs (the recipe has {recipe.epochs})")
+    _check_mining(density, lam, period, recipe)
     reg = score_regularizer(lam, regularizer)
     schedule = freezing_events(recipe.epochs, period, density, events)
     model = check_model(model)
@@ -131,16 +153,7 @@ def gem_miner(model: Mapping, # get_model arguments, e.g. model_for("fashion-mni
         miner = Miner(schedule, recipe.epochs, density, invert)
         hist = fit(net, data, recipe, extra_loss={"score_reg": reg}, callbacks=[miner], seed=seed, progress=progress,
                    checkpoint=None if workdir is None else workdir/CHECKPOINT)
-        layers = masked_layers(net)
-        q = Mask({n: l.mask for n, l in layers.items()})
-        mask = q if unflag else get_mask(net)
-        final = evaluate(net, load_dataset(data, "test"))   # the last epoch's row predates its freezing event
-        info = dict(density=mask.density, target=density, lam=lam, frozen_density=q.density,
-                    collapsed=sorted({n for g in miner.collapsed.values() for n in g}),
-                    collapse_epoch=min(miner.collapsed) if miner.collapsed else None,
-                    pre_finetune_acc=final["acc"], pre_finetune_loss=final["loss"])
-        extras = dict(scores={n: l.scores.detach().cpu().clone() for n, l in layers.items()}, frozen=q.state_dict())
-        return Ticket(mask, plain_state(net), dict(model), hist, info, extras=extras)
+        return _mined_ticket(net, miner, model, density, lam, unflag, data, hist)
 
     if not cache: return mine(config)
     run = cached_run("gem_miner", config, lambda c, w: mine(c, w).to_result())
@@ -148,31 +161,3 @@ def gem_miner(model: Mapping, # get_model arguments, e.g. model_for("fashion-mni
 
 # %% ../nbs/10_gem_miner.ipynb #52c4d7fa
 GEMS_OPTIONS = dict(init="signed_constant", bias=False, affine_bn=False)  # the authors' builder (§1.1, §1.2)
-
-def _mine(lr, epochs, optimizer="sgd"):
-    return Recipe(optimizer=optimizer, lr=lr, momentum=0.9, weight_decay=0.0, schedule="cosine", epochs=epochs,
-                  batch_size=128, crop=4, flip=True, trains="scores").to_dict()
-
-FIG3 = {
-    "paper": dict(data="cifar10", model="mobilenet-v2", options=GEMS_OPTIONS, lams=[0.0, 3e-6, 7e-6, 1.5e-5],
-                  targets=[None, 0.05, 0.025, 0.014], no_target_lams=[7e-6, 1.5e-5],
-                  mine_lrs=[0.05, 0.1, 0.1, 0.1], period=5, mine=_mine(0.1, 300),
-                  finetune=RECIPES["gems-finetune-mobilenet-v2"].to_dict(),
-                  ep=Recipe(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, schedule="cosine", epochs=300,
-                            batch_size=256, crop=4, flip=True, trains="scores").to_dict(),
-                  lam=None, density=None, seed=0),
-    "cpu": dict(data="fashion-mnist", model="lenet-300-100", options=dict(init="signed_constant", bias=False),
-                lams=[0.0, 1e-5, 3e-5, 1e-4], targets=[None, 0.05, 0.014, 0.005], no_target_lams=[1e-5, 3e-5, 1e-4],
-                mine_lrs=None, period=2,
-                mine={**_mine(0.5, 20), "crop": 0, "flip": False},
-                finetune=Recipe(optimizer="sgd", lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-4, schedule="cosine",
-                                epochs=20, batch_size=128).to_dict(),
-                ep=Recipe(optimizer="sgd", lr=0.5, momentum=0.9, weight_decay=0.0, schedule="cosine", epochs=20,
-                          batch_size=128, trains="scores").to_dict(),
-                lam=None, density=None, seed=0),
-    "smoke": dict(data="digits", model="lenet-300-100", options=dict(init="signed_constant", bias=False),
-                  lams=[0.0, 3e-4], targets=[None, 0.05], no_target_lams=[3e-4], mine_lrs=None, period=1, mine={**_mine(0.5, 3), "batch_size": 64, "crop": 0, "flip": False},
-                  finetune=Recipe(optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=1e-4, epochs=2, batch_size=64).to_dict(),
-                  ep=Recipe(optimizer="sgd", lr=0.5, momentum=0.9, weight_decay=0.0, epochs=3, batch_size=64, trains="scores").to_dict(),
-                  lam=None, density=None, seed=0),
-}

@@ -9,18 +9,18 @@ import math
 import warnings
 from dataclasses import dataclass, field
 
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import pandas as pd
 from tqdm import tqdm
 
 from .baselines import smart_ratio_ticket
-from .core import PRESETS, claim
+from .core import ExperimentSpec, PRESETS, claim
 from .data import load_dataset
 from .edge_popup import edge_popup
 from .gem_miner import GEMS_OPTIONS, gem_miner
 from .imp import imp, round_recipe
-from .masks import Mask
+from .masks import check_density, Mask
 from .plots import plot_methods
 from . import runs
 from .runs import STATS, run_counts
@@ -30,8 +30,8 @@ from .train import evaluate, fit_seconds, last_value
 from .tickets import finetune, model_for, Ticket
 
 # %% auto #0
-__all__ = ['GEMS', 'METHODS', 'SANITY', 'LABELS', 'INVERSIONS', 'FOCUS', 'FIGURES', 'gems_network', 'GemsSweep', 'gems_sweep',
-           'sparse_regime', 'gems_preset', 'focus']
+__all__ = ['INVERSIONS', 'METHODS', 'SANITY', 'LABELS', 'gems_network', 'GemsSpec', 'GemsSweep', 'gems_sweep', 'sparse_regime',
+           'Fig3Spec']
 
 # %% ../nbs/17_gems.ipynb #e55c0ea5
 def _listed(value, n: int, what: str) -> list:
@@ -39,39 +39,39 @@ def _listed(value, n: int, what: str) -> list:
     if len(values) != n: raise ValueError(f"{what}={value!r}: give one value or one per density ({n})")
     return values
 
+# %% ../nbs/17_gems.ipynb #4a99a8ab
 def gems_network(model: str, # get_model name
                  densities: Sequence[float], # target densities, dense to sparse
                  lam, period, mine_lr, # GEM-MINER: one value, or one per density
-                 mine: Recipe | Mapping, # GEM-MINER's mining recipe (its lr replaced by mine_lr)
-                 finetune: Recipe | Mapping, # finetuning of GM and its sanity checks (lr replaced by finetune_lr)
+                 mine: Recipe | str | Mapping, # GEM-MINER's mining recipe (its lr replaced by mine_lr)
+                 finetune: Recipe | str | Mapping, # finetuning of GM and its sanity checks (lr replaced by finetune_lr)
                  finetune_lr, # one value or one per density
-                 imp: Recipe | Mapping, # one IMP round: the network's training (also the dense reference)
+                 imp: Recipe | str | Mapping, # one IMP round: the network's training (also the dense reference)
                  rewind: int, # IMP's rewind iteration (Figure 4's IMP is warm: > 0)
                  short: int, # epochs of a short IMP round (Figure 8)
-                 ep: Recipe | Mapping, # Edge-Popup's score training
-                 ep_finetune: Recipe | Mapping,
+                 ep: Recipe | str | Mapping, # Edge-Popup's score training
+                 ep_finetune: Recipe | str | Mapping,
                  sr_family: str, # "resnet", "mobilenet" or "vgg"
-                 sr: Recipe | Mapping | None = None, # Smart-Ratio's training (default: the IMP round's)
+                 sr: Recipe | str | Mapping | None = None, # Smart-Ratio's training (default: the IMP round's)
                  options: Mapping | None = None, # get_model options of the GM/EP network
                  events: str = "paper", # GEM-MINER's freezing epochs
                  init: str = "kaiming_normal", # the IMP and Smart-Ratio networks' initialisation
                  sr_linear: Sequence[str] | None = None, # layers Smart-Ratio holds at 30% (default: `smart_ratio_linear`)
                 ) -> dict:
-    "One network's entry of a Rare Gems sweep preset (JSON-able)."
+    "One network's entry of a Rare Gems sweep preset (its recipes as `Recipe`s)."
     n = len(densities)
     if n == 0 or any(not 0 < d <= 1 for d in densities) or list(densities) != sorted(densities, reverse=True):
         raise ValueError(f"densities={densities!r}: give densities in (0, 1], dense to sparse")
-    rec = lambda r: as_recipe(r).to_dict()
     return dict(model=model, options=dict(options or {}), densities=[float(d) for d in densities],
                 gm=dict(lam=_listed(lam, n, "lam"), period=_listed(period, n, "period"), lr=_listed(mine_lr, n, "mine_lr"),
-                        mine=rec(mine), events=events),
-                finetune=dict(recipe=rec(finetune), lr=_listed(finetune_lr, n, "finetune_lr")),
-                imp=dict(recipe=rec(imp), rewind=rewind, short=short, init=init),
-                ep=dict(recipe=rec(ep), finetune=rec(ep_finetune)),
-                sr=dict(family=sr_family, recipe=rec(sr if sr is not None else imp), init=init,
+                        mine=as_recipe(mine), events=events),
+                finetune=dict(recipe=as_recipe(finetune), lr=_listed(finetune_lr, n, "finetune_lr")),
+                imp=dict(recipe=as_recipe(imp), rewind=rewind, short=short, init=init),
+                ep=dict(recipe=as_recipe(ep), finetune=as_recipe(ep_finetune)),
+                sr=dict(family=sr_family, recipe=as_recipe(sr if sr is not None else imp), init=init,
                         linear=None if sr_linear is None else list(sr_linear)))
 
-# %% ../nbs/17_gems.ipynb #ae40f239
+# %% ../nbs/17_gems.ipynb #a5b4cc6c
 def _mine(lr, epochs, optimizer="sgd"):
     return Recipe(optimizer=optimizer, lr=lr, momentum=0.9, weight_decay=0.0, schedule="cosine", epochs=epochs,
                   batch_size=128, crop=4, flip=True, trains="scores")
@@ -79,6 +79,7 @@ def _mine(lr, epochs, optimizer="sgd"):
 def _ep_recipes(epochs):
     return (RECIPES["ep-resnet20"].replace(epochs=epochs), RECIPES["ep-resnet20-finetune"].replace(epochs=epochs))
 
+# %% ../nbs/17_gems.ipynb #ae40f239
 _GEMS_NET = dict(GEMS_OPTIONS, fc_as_conv=True)
 _PAPER_NETWORKS = {
     "resnet20": gems_network("resnet20", [0.5, 0.1374, 0.0373, 0.0144, 0.0059],
@@ -113,20 +114,57 @@ def _cpu_network(model, densities, lam, epochs, batch_size=128, options=None, sh
                         imp=train, rewind=rewind, short=short, ep=mine, ep_finetune=train, sr_family="resnet",
                         options=dict(init="signed_constant", bias=False, **(options or {})), sr_linear=sr_linear, events="official")
 
+# %% ../nbs/17_gems.ipynb #164d220d
 _CPU_DENSITIES = [0.5, 0.2, 0.05, 0.014, 0.005]
-GEMS = {
-    "paper": dict(data="cifar10", networks=_PAPER_NETWORKS, models=list(_PAPER_NETWORKS), seeds=[0, 1, 2]),
-    "cpu": dict(data="fashion-mnist", networks={
-                    "lenet-300-100": _cpu_network("lenet-300-100", _CPU_DENSITIES, lam=[0.0, 3e-6, 3e-5, 1e-4, 3e-4], epochs=6),
-                    "small-cnn": _cpu_network("small-cnn", [0.5, 0.05, 0.014, 0.005], lam=[0.0, 3e-5, 1e-4, 3e-4], epochs=6,
-                                              sr_linear=["fc.weight"])},
-                models=["lenet-300-100", "small-cnn"], seeds=[0]),
-    "smoke": dict(data="digits", networks={
-                    "lenet-300-100": _cpu_network("lenet-300-100", [0.5, 0.2], lam=[0.0, 1e-4], epochs=2, batch_size=64, rewind=10, period=1),
-                    "small-cnn": _cpu_network("small-cnn", [0.5, 0.2], lam=[0.0, 1e-4], epochs=2, batch_size=64, rewind=10, period=1,
-                                              sr_linear=["fc.weight"])},
-                  models=["lenet-300-100", "small-cnn"], seeds=[0]),
-}
+_CPU_NETWORKS = {
+    "lenet-300-100": _cpu_network("lenet-300-100", _CPU_DENSITIES, lam=[0.0, 3e-6, 3e-5, 1e-4, 3e-4], epochs=6),
+    "small-cnn": _cpu_network("small-cnn", [0.5, 0.05, 0.014, 0.005], lam=[0.0, 3e-5, 1e-4, 3e-4], epochs=6, sr_linear=["fc.weight"])}
+_SMOKE_NETWORKS = {
+    "lenet-300-100": _cpu_network("lenet-300-100", [0.5, 0.2], lam=[0.0, 1e-4], epochs=2, batch_size=64, rewind=10, period=1),
+    "small-cnn": _cpu_network("small-cnn", [0.5, 0.2], lam=[0.0, 1e-4], epochs=2, batch_size=64, rewind=10, period=1,
+                              sr_linear=["fc.weight"])}
+
+# %% ../nbs/17_gems.ipynb #5cd94702
+INVERSIONS = ("mining", "post-hoc")  # Figure 4's score inversion: while mining (the authors') or after it (see `_sanity`)
+
+@dataclass(frozen=True)
+class GemsSpec(ExperimentSpec):
+    "A Rare Gems figure's knobs: the sweep's grid (data, networks, models, seeds) and the figure's own."
+    data: str = "digits"                                      # dataset name
+    networks: dict = field(default_factory=dict)              # name -> its `gems_network` entry
+    models: list[str] = field(default_factory=list)           # the networks a sweep runs
+    seeds: list[int] = field(default_factory=lambda: [0])
+    network: str | None = None                                # the one network a figure looks at (fig1, fig6, fig7, fig8)
+    density: float | None = None                              # the one density it looks at (fig1, fig6, fig7)
+    inversion: str = "mining"                                 # fig4's score-inversion check: one of INVERSIONS
+    TABLE = {"paper": dict(data="cifar10", networks=_PAPER_NETWORKS, models=list(_PAPER_NETWORKS), seeds=[0, 1, 2]),
+             "cpu": dict(data="fashion-mnist", networks=_CPU_NETWORKS, models=list(_CPU_NETWORKS), seeds=[0]),
+             "smoke": dict(data="digits", networks=_SMOKE_NETWORKS, models=list(_SMOKE_NETWORKS), seeds=[0])}
+    FIGURES = {"fig1": dict(network=dict(paper="vgg16-gems", cpu="lenet-300-100", smoke="lenet-300-100"),
+                            density=dict(paper=0.005, cpu=0.005, smoke=0.2)),
+               "fig2": {}, "fig4": dict(inversion="mining"),
+               "fig6": dict(network=dict(paper="mobilenet-v2", cpu="lenet-300-100", smoke="lenet-300-100"),
+                            density=dict(paper=0.0144, cpu=0.014, smoke=0.2)),
+               "fig7": dict(network=dict(paper="resnet20", cpu="small-cnn", smoke="small-cnn"),
+                            density=dict(paper=0.0144, cpu=0.014, smoke=0.2)),
+               "fig8": dict(network=dict(paper="resnet20", cpu="lenet-300-100", smoke="lenet-300-100"))}
+
+    def check(self):
+        nets = ", ".join(map(repr, self.networks))
+        if not self.models or any(m not in self.networks for m in self.models):
+            raise ValueError(f"models={self.models!r}: this preset has {nets}")
+        if not self.seeds or any(s < 0 for s in self.seeds): raise ValueError(f"seeds={self.seeds!r}: use one or more integers >= 0")
+        if self.inversion not in INVERSIONS: raise ValueError(f"inversion={self.inversion!r}: use one of {', '.join(map(repr, INVERSIONS))}")
+        if self.network is not None and self.network not in self.networks: raise ValueError(f"network={self.network!r}: this preset has {nets}")
+        if self.density is None: return
+        if self.network is None: raise ValueError(f"density={self.density!r}: give the network it is a density of (network=...)")
+        if self.density not in (ds := self.networks[self.network]["densities"]):
+            raise ValueError(f"density={self.density!r}: {self.network}'s densities in this preset are {ds}")
+
+    def focus(self) -> tuple[str, float | None]:
+        "The (network, density) a one-network figure looks at (checked against the grid when the spec was made)."
+        if self.network is None: raise ValueError(f"figure={self.figure!r} looks at no single network (it has no `network` knob)")
+        return self.network, self.density
 
 # %% ../nbs/17_gems.ipynb #ee492ed2
 METHODS = ("GM", "IMP", "EP", "SR", "sanity", "IMP short-cold", "IMP short-warm", "IMP long-cold")
@@ -134,6 +172,7 @@ SANITY = {"shuffle": "GM shuffle", "reinit": "GM reinit", "invert": "GM invert"}
 LABELS = {"GM": "GEM-MINER (GM)", "IMP": "IMP", "EP": "Edge-Popup (EP)", "SR": "Smart-Ratio (SR)",
           "GM shuffle": "random shuffling", "GM reinit": "weight reinitialisation", "GM invert": "score inversion"}
 
+# %% ../nbs/17_gems.ipynb #b9248da5
 @dataclass(repr=False)
 class GemsSweep:
     "The grid's tables (see above) and how many runs this call loaded and computed."
@@ -169,7 +208,7 @@ class _Point:
     seed: int
     target: float
     test: object
-    out: dict  # rows, layers, curves, dense: lists
+    out: dict  # rows, layers, curves, dense: lists of (method, entry)
 
     @property
     def i(self) -> int: return self.net["densities"].index(self.target)
@@ -182,45 +221,48 @@ class _Point:
 
     def record(self, method: str, ticket: Ticket, pre: float, hist: pd.DataFrame, epochs: int, seconds: float, **extra):
         "A summary row (accuracy before and after training, cost) and the mask's per-layer counts."
-        self.out["rows"].append(dict(self.ids, method=method, density=ticket.density, pre_finetune_acc=pre,
-                                     post_finetune_acc=last_value(hist), epochs=epochs, time_s=seconds, key=ticket.key, **extra))
-        self.out["layers"].append(ticket.mask.layer_density().reset_index(names="index").assign(method=method, **self.ids))
+        self.out["rows"].append((method, dict(self.ids, method=method, density=ticket.density, pre_finetune_acc=pre,
+                                     post_finetune_acc=last_value(hist), epochs=epochs, time_s=seconds, key=ticket.key, **extra)))
+        self.out["layers"].append((method, ticket.mask.layer_density().reset_index(names="index").assign(method=method, **self.ids)))
 
     def curve(self, hist: pd.DataFrame, phase: str, method: str, offset: int = 0, **ids):
         "Test accuracy per epoch of one phase (epochs shifted by `offset`)."
         h = hist.query("split == 'test' and metric == 'acc'")[["epoch", "value", "time"]]
-        self.out["curves"].append(h.assign(epoch=h.epoch + offset, phase=phase, method=method, **{**self.ids, **ids}))
+        self.out["curves"].append((method, h.assign(epoch=h.epoch + offset, phase=phase, method=method, **{**self.ids, **ids})))
 
 # %% ../nbs/17_gems.ipynb #7f9c084e
-INVERSIONS = ("mining", "post-hoc")
-
 def _gm(p: _Point, sanity: bool, inversion: str = "mining"):
     "GEM-MINER: mine, finetune; then (sanity) the three checks, each finetuned the same way."
     g, i = p.net["gm"], p.i
-    mine = Recipe(**g["mine"]).replace(lr=g["lr"][i])
-    ft = Recipe(**p.net["finetune"]["recipe"]).replace(lr=p.net["finetune"]["lr"][i])
+    mine = g["mine"].replace(lr=g["lr"][i])
+    ft = p.net["finetune"]["recipe"].replace(lr=p.net["finetune"]["lr"][i])
     kw = dict(period=g["period"][i], events=g["events"], seed=p.seed, progress=False)
     gm = gem_miner(p.spec, p.data, p.target, g["lam"][i], mine, **kw)
     _, h = finetune(gm, p.data, ft, seed=p.seed, progress=False)
     p.record("GM", gm, gm.info["pre_finetune_acc"], h, mine.epochs + ft.epochs, fit_seconds(gm.history) + fit_seconds(h),
              lam=g["lam"][i], collapsed=len(gm.info["collapsed"]))
     p.curve(gm.history, "mining", "GM"); p.curve(h, "finetune", "GM", offset=mine.epochs)
-    if not sanity: return
+    if sanity: _sanity(p, gm, mine, ft, kw, inversion)
+
+# %% ../nbs/17_gems.ipynb #2208fa60
+def _sanity(p: _Point, gm: Ticket, mine: Recipe, ft: Recipe, kw: dict, inversion: str):
+    "GM's three sanity checks (`SANITY`), each finetuned like GM; the inversion mined (default) or post-hoc."
     for check, method in SANITY.items():
         epochs, seconds, extra = 0, 0.0, {"inversion": inversion} if check == "invert" else {}
         if check == "invert" and inversion == "mining":   # its own mining run: freezing keeps the lowest scores; mask q
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", "layer collapse")   # expected: r(p) ⊙ q empties, the mask is q (see above)
-                t = gem_miner(p.spec, p.data, p.target, g["lam"][i], mine, invert=True, unflag=True, **kw)
+                t = gem_miner(p.spec, p.data, p.target, p.net["gm"]["lam"][p.i], mine, invert=True, unflag=True, **kw)
             epochs, seconds = mine.epochs, fit_seconds(t.history)
         else: t = sanity_check(gm, check, seed=p.seed)
         _, h = finetune(t, p.data, ft, seed=p.seed, progress=False)
         p.record(method, t, evaluate(t.network(), p.test)["acc"], h, epochs + ft.epochs, seconds + fit_seconds(h), **extra)
 
+# %% ../nbs/17_gems.ipynb #866b433d
 def _imp(p: _Point, method: str):
     "IMP (`IMP` is long-warm; `IMP short-cold` etc.): the rounds to the target, then the ticket trained like a round."
     length, start = ("long-warm" if method == "IMP" else method.split()[1]).split("-")
-    cfg = p.net["imp"]; rr = Recipe(**cfg["recipe"])
+    cfg = p.net["imp"]; rr = cfg["recipe"]
     res = imp(p.plain, p.data, p.target, rr, rewind=cfg["rewind"] if start == "warm" else 0,
               epochs_per_round=cfg["short"] if length == "short" else None, seed=p.seed, progress=False)
     _, h = finetune(res.ticket, p.data, rr, seed=p.seed, progress=False)
@@ -228,23 +270,26 @@ def _imp(p: _Point, method: str):
              fit_seconds(res.history) + fit_seconds(h), rounds=len(res.rounds))
     if method == "IMP": p.curve(h, "ticket", "IMP")
 
+# %% ../nbs/17_gems.ipynb #50216359
 def _dense(p: _Point):
     "The dense network: cold IMP's round 0 alone (one per network and seed)."
-    rr = Recipe(**p.net["imp"]["recipe"])
+    rr = p.net["imp"]["recipe"]
     h0 = imp(p.plain, p.data, 1.0, rr, seed=p.seed, progress=False).runs[0].history
-    p.out["dense"].append(dict(network=p.name, seed=p.seed, acc=last_value(h0), epochs=rr.epochs, time_s=fit_seconds(h0)))
+    p.out["dense"].append(("dense", dict(network=p.name, seed=p.seed, acc=last_value(h0), epochs=rr.epochs, time_s=fit_seconds(h0))))
     p.curve(h0, "dense", "dense", target=1.0)
 
+# %% ../nbs/17_gems.ipynb #8fead488
 def _ep(p: _Point):
     "Edge-Popup at the target density in every layer, then finetuned."
-    r, ft = Recipe(**p.net["ep"]["recipe"]), Recipe(**p.net["ep"]["finetune"])
+    r, ft = p.net["ep"]["recipe"], p.net["ep"]["finetune"]
     ep = edge_popup(p.spec, p.data, p.target, r, seed=p.seed, progress=False)
     _, h = finetune(ep, p.data, ft, seed=p.seed, progress=False)
     p.record("EP", ep, evaluate(ep.network(), p.test)["acc"], h, r.epochs + ft.epochs, fit_seconds(ep.history) + fit_seconds(h))
 
+# %% ../nbs/17_gems.ipynb #72687e65
 def _sr(p: _Point):
     "A Smart-Ratio random ticket of the plain network, trained."
-    sr, r = p.net["sr"], Recipe(**p.net["sr"]["recipe"])
+    sr, r = p.net["sr"], p.net["sr"]["recipe"]
     t = smart_ratio_ticket({**p.spec, "init": sr["init"]}, p.target, sr["family"], seed=p.seed, linear=sr["linear"])
     _, h = finetune(t, p.data, r, seed=p.seed, progress=False)
     p.record("SR", t, evaluate(t.network(), p.test)["acc"], h, r.epochs, fit_seconds(h))
@@ -256,7 +301,9 @@ def _check_methods(methods) -> list[str]:
     if bad or not methods: raise ValueError(f"methods={methods!r}: choose from {', '.join(map(repr, METHODS))}")
     return methods
 
-def _select(cfg: Mapping, models, densities) -> dict[str, dict]:
+# %% ../nbs/17_gems.ipynb #5a59bace
+def _select(cfg: Mapping, models, densities) -> dict[str, list[float]]:
+    "network -> its target densities: `models` (default: cfg's) at `densities` (default: all of each network's)."
     networks = cfg["networks"]
     names = cfg.get("models") if models is None else ([models] if isinstance(models, str) else list(models))
     bad = [m for m in names if m not in networks]
@@ -272,21 +319,45 @@ def _select(cfg: Mapping, models, densities) -> dict[str, dict]:
     return out
 
 # %% ../nbs/17_gems.ipynb #fc395da3
-def _gems_point(cfg: Mapping, name: str, s: int, d: float, methods: Sequence[str], dense: bool, out: dict | None = None, test=None,
-                inversion: str = "mining"):
-    "One grid point: every method at network `name`, seed `s`, density `d` (rows into `out`; None: only compute the runs)."
-    out = dict(rows=[], layers=[], curves=[], dense=[]) if out is None else out
-    p = _Point(cfg["data"], name, cfg["networks"][name], s, d, load_dataset(cfg["data"], "test") if test is None else test, out)
+def _gems_point(data: str, name: str, net: dict, s: int, d: float, methods: Sequence[str], dense: bool,
+                inversion: str = "mining") -> dict:
+    "One unit of work: `methods` at network `name`, seed `s`, density `d` (and the dense network); the tables it made."
+    p = _Point(data, name, net, s, d, load_dataset(data, "test"), dict(rows=[], layers=[], curves=[], dense=[]))
     if {"GM", "sanity"} & set(methods): _gm(p, "sanity" in methods, inversion)
     for m in methods:
         if m.startswith("IMP"): _imp(p, m)
-    if dense and not any(x["network"] == name and x["seed"] == s for x in out["dense"]): _dense(p)
+    if dense: _dense(p)
     if "EP" in methods: _ep(p)
     if "SR" in methods: _sr(p)
+    return p.out
 
-def _gems_unit(u: dict): _gems_point(**u)
+def _gems_unit(u: dict) -> dict: return _gems_point(**u)
 
-def gems_sweep(cfg: Mapping, # a filled GEMS preset: data, networks, models, seeds
+# %% ../nbs/17_gems.ipynb #c78bc346
+def _gems_units(cfg: Mapping, grid: list[tuple], targets: dict, seeds: list[int], methods: list[str], dense: bool, inversion: str):
+    "The sweep's units: IMP's chains and the points' other methods first, then the IMP tickets at the other densities."
+    imps, rest = [m for m in methods if m.startswith("IMP")], [m for m in methods if not m.startswith("IMP")]
+    unit = lambda n, s, d, ms, dn: dict(data=cfg["data"], name=n, net=cfg["networks"][n], s=s, d=d, methods=ms, dense=dn,
+                                        inversion=inversion)
+    opens = {(n, s): d for n, s, d in reversed(grid)}                      # the first grid point of each (network, seed)
+    first = [unit(n, s, min(targets[n]), [m], False) for n in targets for s in seeds for m in imps]
+    first += [unit(n, s, d, rest, dense and opens[n, s] == d) for n, s, d in grid if rest or (dense and opens[n, s] == d)]
+    then = [unit(n, s, d, imps, False) for n, s, d in grid if imps and d != min(targets[n])]
+    return first, then
+
+# %% ../nbs/17_gems.ipynb #f3903a28
+def _gather(units: list[dict], outs: list[dict], grid: list[tuple], methods: list[str]) -> dict[str, list]:
+    "The entries of every unit's tables (`outs`), ordered by grid point, then by method."
+    order = ["GM", *SANITY.values(), *[m for m in methods if m.startswith("IMP")], "dense", "EP", "SR"]
+    rank, at = {m: k for k, m in enumerate(order)}, {g: k for k, g in enumerate(grid)}
+    tables = {}
+    for u, out in zip(units, outs):
+        for t, entries in out.items():
+            tables.setdefault(t, []).extend(((at[u["name"], u["s"], u["d"]], rank[m]), e) for m, e in entries)
+    return {t: [e for _, e in sorted(entries, key=lambda ke: ke[0])] for t, entries in tables.items()}
+
+# %% ../nbs/17_gems.ipynb #859ad2f9
+def gems_sweep(cfg: Mapping, # a Rare Gems preset (a `GemsSpec`, or a mapping): data, networks, models, seeds
                methods: Sequence[str] = ("GM", "IMP", "EP", "SR", "sanity"), # from METHODS
                models: str | Sequence[str] | None = None, # networks to run (default: cfg["models"])
                densities: float | Sequence[float] | None = None, # a subset of each network's densities (default: all)
@@ -299,27 +370,16 @@ def gems_sweep(cfg: Mapping, # a filled GEMS preset: data, networks, models, see
               ) -> GemsSweep:
     "Run (or load) the Rare Gems comparison grid; return its tables."
     if inversion not in INVERSIONS: raise ValueError(f"inversion={inversion!r}: use one of {', '.join(map(repr, INVERSIONS))}")
-    methods, data = _check_methods(methods), cfg["data"]
-    targets = _select(cfg, models, densities)
+    methods, targets = _check_methods(methods), _select(cfg, models, densities)
     seeds = cfg["seeds"] if seeds is None else ([seeds] if isinstance(seeds, int) else list(seeds))
     grid = [(name, s, d) for name, ds in targets.items() for s in seeds for d in ds]
-    # The units. IMP's rounds are shared by every density of a (network, seed, variant), so each IMP chain is one unit
-    # (to the sparsest target), started first, beside the points' other methods; the IMP tickets' finetuning at each
-    # density follows once the chains exist. (One unit per point would make parallel points wait on one chain.)
-    imps, rest = [m for m in methods if m.startswith("IMP")], [m for m in methods if not m.startswith("IMP")]
-    unit = lambda n, s, d, ms, dn: dict(cfg=cfg, name=n, s=s, d=d, methods=ms, dense=dn, inversion=inversion)
-    first = [unit(n, s, min(targets[n]), [m], False) for n in targets for s in seeds for m in imps]
-    first += [unit(n, s, d, rest, dense) for n, s, d in grid if rest or dense]
-    then = [unit(n, s, d, imps, False) for n, s, d in grid if imps]
+    first, then = _gems_units(cfg, grid, targets, seeds, methods, dense, inversion)
     stats0 = dict(STATS)
-    for part, what in ((first, "gems sweep"), (then, "IMP tickets")):
-        runs.sweep(part, _gems_unit, executor, workers=workers, desc=what, progress=progress)
-    swept = run_counts(stats0)
-    test, out = load_dataset(data, "test"), dict(rows=[], layers=[], curves=[], dense=[])
-    for name, s, d in grid: _gems_point(cfg, name, s, d, methods, dense, out, test, inversion)   # every run is cached now: this loads them
-    cache = runs.gathered_counts(stats0, swept)
+    outs = [out for part, what in ((first, "gems sweep"), (then, "IMP tickets"))
+            for out in runs.sweep(part, _gems_unit, executor, workers=workers, desc=what, progress=progress)]
+    t = _gather(first + then, outs, grid, methods)
     cat = lambda parts: pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
-    return GemsSweep(pd.DataFrame(out["rows"]), cat(out["layers"]), cat(out["curves"]), pd.DataFrame(out["dense"]), cache)
+    return GemsSweep(pd.DataFrame(t["rows"]), cat(t["layers"]), cat(t["curves"]), pd.DataFrame(t["dense"]), run_counts(stats0))
 
 # %% ../nbs/17_gems.ipynb #4e165024
 def sparse_regime(targets) -> list[float]:
@@ -327,26 +387,60 @@ def sparse_regime(targets) -> list[float]:
     targets = sorted(set(targets), reverse=True)
     return [t for t in targets if t <= 0.0144] or targets[-1:]
 
-# %% ../nbs/17_gems.ipynb #1ca9364a
-FOCUS = {
-    "paper": {"fig1": dict(network="vgg16-gems", density=0.005), "fig6": dict(network="mobilenet-v2", density=0.0144),
-              "fig7": dict(network="resnet20", density=0.0144), "fig8": dict(network="resnet20")},
-    "cpu": {"fig1": dict(network="lenet-300-100", density=0.005), "fig6": dict(network="lenet-300-100", density=0.014),
-            "fig7": dict(network="small-cnn", density=0.014), "fig8": dict(network="lenet-300-100")},
-    "smoke": {"fig1": dict(network="lenet-300-100", density=0.2), "fig6": dict(network="lenet-300-100", density=0.2),
-              "fig7": dict(network="small-cnn", density=0.2), "fig8": dict(network="lenet-300-100")},
+# %% ../nbs/17_gems.ipynb #551fd842
+_FIG3 = {
+    "paper": dict(data="cifar10", model="mobilenet-v2", options=GEMS_OPTIONS, lams=[0.0, 3e-6, 7e-6, 1.5e-5],
+                  targets=[None, 0.05, 0.025, 0.014], no_target_lams=[7e-6, 1.5e-5],
+                  mine_lrs=[0.05, 0.1, 0.1, 0.1], period=5, mine=_mine(0.1, 300),
+                  finetune=RECIPES["gems-finetune-mobilenet-v2"],
+                  ep=Recipe(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, schedule="cosine", epochs=300,
+                            batch_size=256, crop=4, flip=True, trains="scores"),
+                  lam=None, density=None, seed=0),
+    "cpu": dict(data="fashion-mnist", model="lenet-300-100", options=dict(init="signed_constant", bias=False),
+                lams=[0.0, 1e-5, 3e-5, 1e-4], targets=[None, 0.05, 0.014, 0.005], no_target_lams=[1e-5, 3e-5, 1e-4],
+                mine_lrs=None, period=2, mine=_mine(0.5, 20).replace(crop=0, flip=False),
+                finetune=Recipe(optimizer="sgd", lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-4, schedule="cosine",
+                                epochs=20, batch_size=128),
+                ep=Recipe(optimizer="sgd", lr=0.5, momentum=0.9, weight_decay=0.0, schedule="cosine", epochs=20,
+                          batch_size=128, trains="scores"),
+                lam=None, density=None, seed=0),
+    "smoke": dict(data="digits", model="lenet-300-100", options=dict(init="signed_constant", bias=False),
+                  lams=[0.0, 3e-4], targets=[None, 0.05], no_target_lams=[3e-4], mine_lrs=None, period=1,
+                  mine=_mine(0.5, 3).replace(batch_size=64, crop=0, flip=False),
+                  finetune=Recipe(optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=1e-4, epochs=2, batch_size=64),
+                  ep=Recipe(optimizer="sgd", lr=0.5, momentum=0.9, weight_decay=0.0, epochs=3, batch_size=64, trains="scores"),
+                  lam=None, density=None, seed=0),
 }
-FIGURES = ("fig1", "fig2", "fig4", "fig6", "fig7", "fig8")
 
-def gems_preset(figure: str) -> dict:
-    "The preset table (smoke/cpu/paper) of one Rare Gems figure notebook: the sweep's knobs plus its own."
-    if figure not in FIGURES: raise ValueError(f"figure={figure!r}: use one of {', '.join(map(repr, FIGURES))}")
-    return {p: {**GEMS[p], **FOCUS[p].get(figure, {})} for p in PRESETS}
+# %% ../nbs/17_gems.ipynb #0daed3d2
+@dataclass(frozen=True)
+class Fig3Spec(ExperimentSpec):
+    "Figure 3's knobs: GEM-MINER(λ) of one network for several λ, each to its target, beside Edge-Popup (or one λ alone)."
+    data: str = "digits"                                                   # dataset name
+    model: str = "lenet-300-100"                                           # get_model name
+    options: dict = field(default_factory=dict)                            # its get_model options
+    lams: list[float] = field(default_factory=lambda: [0.0])               # the figure's λ
+    targets: list[float | None] = field(default_factory=lambda: [None])    # each λ's target density (None: no freezing)
+    no_target_lams: list[float] = field(default_factory=list)              # λ also mined without a target
+    mine_lrs: list[float] | None = None                                    # each λ's mining lr (None: the mining recipe's)
+    period: int = 1                                                        # T: freeze every `period` epochs
+    mine: Any = "ep-cpu"                                                   # the recipes (a Recipe, a RECIPES name or a dict)
+    finetune: Any = "cpu"
+    ep: Any = "ep-cpu"
+    lam: float | None = None                                               # one λ alone (None: the preset's)
+    density: float | None = None                                           # its target density
+    seed: int = 0                                                          # scores, data order
+    TABLE = _FIG3
+    FIGURES = {"fig3": {}}
 
-def focus(cfg: Mapping) -> tuple[str, float | None]:
-    "The (network, density) a filled one-network figure preset looks at, checked against the sweep."
-    name, d = cfg["network"], cfg.get("density")
-    if name not in cfg["networks"]: raise ValueError(f"network={name!r}: this preset has {', '.join(map(repr, cfg['networks']))}")
-    if d is not None and d not in cfg["networks"][name]["densities"]:
-        raise ValueError(f"density={d!r}: {name}'s densities in this preset are {cfg['networks'][name]['densities']}")
-    return name, d
+    def check(self):
+        for k in ("mine", "finetune", "ep"): object.__setattr__(self, k, as_recipe(self[k]))
+        for k in ("targets", "mine_lrs"):
+            if self[k] is not None and len(self[k]) != len(self.lams): raise ValueError(f"{k}={self[k]!r}: give one per λ of lams={self.lams!r}")
+        for k in ("lams", "no_target_lams", "lam"):
+            if any(l < 0 for l in ([] if self[k] is None else [self[k]] if k == "lam" else self[k])):
+                raise ValueError(f"{k}={self[k]!r}: a regularisation weight is a number >= 0")
+        for d in self.targets: d is None or check_density(d, "targets")
+        if self.density is not None: check_density(self.density)
+        if not 1 <= self.period <= self.mine.epochs: raise ValueError(f"period={self.period!r}: freeze every 1..{self.mine.epochs} epochs")
+        if self.seed < 0: raise ValueError(f"seed={self.seed!r}: use an integer >= 0")

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import paper_repro.gem_miner as gem_miner_module
-from paper_repro.gem_miner import (FIG3, REGULARIZERS, Miner, freeze, freezing_bound,
+from paper_repro.gem_miner import (GEMS_OPTIONS, REGULARIZERS, Miner, freeze, freezing_bound,
                                    freezing_events, gem_miner, score_regularizer)
 from paper_repro.masks import Mask, get_mask, masked_layers, to_masked
 from paper_repro.models import get_model
@@ -216,20 +216,12 @@ def test_cached_run_loads_and_finetunes_from_cache():
 
 
 def test_presets_match_the_tables():
-    p = FIG3["paper"]
-    assert p["model"] == "mobilenet-v2" and p["data"] == "cifar10" and p["period"] == 5
-    assert p["lams"] == [0.0, 3e-6, 7e-6, 1.5e-5] and p["mine_lrs"] == [0.05, 0.1, 0.1, 0.1]
-    assert (p["mine"]["epochs"], p["mine"]["schedule"], p["mine"]["weight_decay"]) == (300, "cosine", 0.0)
+    """Table 15's recipes (Figure 3's presets, which use them, are `gems.Fig3Spec`: tests/test_gems.py)."""
     r = RECIPES["gems-finetune-mobilenet-v2"]
     assert (r.epochs, r.batch_size, r.lr, r.milestones, r.weight_decay) == (300, 128, 0.1, (150, 250), 1e-4)
     assert RECIPES["gems-finetune-resnet20"].lr == 0.01 and RECIPES["gems-finetune-resnet20-50%"].lr == 0.1
     assert TABLE15["vgg16-gems"] == (200, 128, 0.05, (100, 150))
-    for preset in FIG3.values():
-        assert len(preset["lams"]) == len(preset["targets"])
-        # GEM-MINER(λ) by itself for several λ (section 3's "larger λ, sparser output"): λ = 0 and no_target_lams
-        assert dict(zip(preset["lams"], preset["targets"]))[0.0] is None and len(preset["no_target_lams"]) >= 1
-        assert 0.0 not in preset["no_target_lams"]
-    assert p["no_target_lams"] == [7e-6, 1.5e-5]                         # "becomes 2.5% and 1.4%"
+    assert GEMS_OPTIONS == dict(init="signed_constant", bias=False, affine_bn=False)   # the authors' builder
 
 
 def test_nesterov_only_for_resnet50_tiny_imagenet():
