@@ -5,7 +5,6 @@
 # %% ../nbs/18_asni.ipynb #9c7edf18
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
@@ -15,7 +14,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .core import PRESETS
+from .core import ExperimentSpec
 from .masks import Mask, weights_of, apply_mask, get_mask, keep_count, magnitude, plain_state
 from .models import count_parameters, get_model, prunable_layers
 from . import runs
@@ -25,10 +24,9 @@ from .train import Callback, fit, fit_seconds, FitState, last_value
 from .tickets import check_model, finetune, model_for, Ticket
 
 # %% auto #0
-__all__ = ['CACHE_VERSION', 'CONVENTIONS', 'VARIANTS', 'VARIANT_NAMES', 'ASNI_ROWS', 'ASNI', 'ASNI_FIGURES', 'check_asni',
-           'sigmoid_schedule', 'pruning_plan', 'pruned_percent', 'asni_prune', 'ASNIPruning', 'centroids',
-           'centroid_init', 'table2_counts', 'ASNIResult', 'asni', 'ASNIVariants', 'asni_variants', 'ASNISweep',
-           'asni_sweep', 'table2', 'asni_preset', 'check_asni_cfg']
+__all__ = ['CACHE_VERSION', 'CONVENTIONS', 'VARIANTS', 'VARIANT_NAMES', 'ASNI_ROWS', 'check_asni', 'sigmoid_schedule',
+           'pruning_plan', 'pruned_percent', 'asni_prune', 'ASNIPruning', 'centroids', 'centroid_init', 'table2_counts',
+           'ASNIResult', 'asni', 'ASNIVariants', 'asni_variants', 'ASNISpec', 'ASNISweep', 'asni_sweep', 'table2']
 
 # %% ../nbs/18_asni.ipynb #2ff73a20
 CACHE_VERSION = 1  # bump when asni() changes what a configuration computes
@@ -47,6 +45,7 @@ def check_asni(alpha, beta, gamma):
     if not (_finite(gamma) and gamma > 0):
         raise ValueError(f"gamma={gamma!r}: the sigmoid's scale, in epochs, must be > 0")
 
+# %% ../nbs/18_asni.ipynb #7bf2b6ba
 def sigmoid_schedule(epoch: int, # e: epochs trained so far (the paper counts 1..E)
                      epochs: int, # E, the epochs of the run
                      alpha: float, # the asymptote, in percent, in (0, 100)
@@ -59,6 +58,7 @@ def sigmoid_schedule(epoch: int, # e: epochs trained so far (the paper counts 1.
     if not _finite(epoch): raise ValueError(f"epoch={epoch!r}: use a number")
     return alpha/(1 + math.exp(-(epoch - beta*epochs)/gamma))
 
+# %% ../nbs/18_asni.ipynb #a8d1bb5d
 def pruning_plan(epochs: int, alpha: float, beta: float, gamma: float,
                  convention: str = "paper", # "paper": after epoch e prune to p(e); "code": to p(e − 1), and not after the last
                 ) -> list[float]:
@@ -74,6 +74,7 @@ def pruned_percent(mask: Mask) -> float:
     "The percentage of the mask's weights that are pruned."
     return 100*(1 - mask.density)
 
+# %% ../nbs/18_asni.ipynb #36db99a7
 def asni_prune(model: nn.Module, # a model whose prunable layers carry fixed masks (`apply_mask`)
                percent: float, # the percentage of all its masked weights pruned afterwards, in [0, 100)
               ) -> Mask:
@@ -88,6 +89,7 @@ def asni_prune(model: nn.Module, # a model whose prunable layers carry fixed mas
     apply_mask(model, new)
     return new
 
+# %% ../nbs/18_asni.ipynb #bdccb760
 class ASNIPruning(Callback):
     "Algorithm 1, lines 5–9, as a `fit` callback: after epoch e's training, prune to plan[e − 1] percent."
     def __init__(self, plan: Sequence[float]): self.plan = list(plan)
@@ -111,6 +113,21 @@ def centroids(model: nn.Module, # a (masked) model: its effective prunable weigh
     df["density"] = df.kept/df["size"]
     return df
 
+# %% ../nbs/18_asni.ipynb #f4f2da8c
+def _signed(w: torch.Tensor, c_plus: float, c_minus: float) -> torch.Tensor:
+    "`w` with every positive entry replaced by `c_plus`, every negative one by `c_minus`; zeros stay 0."
+    return torch.where(w > 0, torch.full_like(w, c_plus), torch.where(w < 0, torch.full_like(w, c_minus), torch.zeros_like(w)))
+
+def _fresh_biases_and_norms(model: nn.Module):
+    "In place: conv and linear biases 0; BatchNorm weight 1, bias 0 and its running statistics reset."
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None: m.bias.zero_()
+            elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+                if m.affine: m.weight.fill_(1); m.bias.zero_()
+                if m.track_running_stats: m.reset_running_stats()
+
+# %% ../nbs/18_asni.ipynb #6bfc8278
 def centroid_init(model: nn.Module, # a trained ASNI network (masked or plain); changed in place
                   table: pd.DataFrame | None = None, # `centroids(model)` (computed when None)
                  ) -> nn.Module:
@@ -120,14 +137,8 @@ def centroid_init(model: nn.Module, # a trained ASNI network (masked or plain); 
     layers = prunable_layers(model)
     if set(c.index) != set(layers): raise ValueError(f"the centroid table names {sorted(c.index)}, the model's layers are {sorted(layers)}")
     with torch.no_grad():
-        for name, layer in layers.items():
-            w = layer.weight
-            w.copy_(torch.where(w > 0, torch.full_like(w, c.c_plus[name]), torch.where(w < 0, torch.full_like(w, c.c_minus[name]), torch.zeros_like(w))))
-        for m in model.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None: m.bias.zero_()
-            elif isinstance(m, nn.modules.batchnorm._BatchNorm):
-                if m.affine: m.weight.fill_(1); m.bias.zero_()
-                if m.track_running_stats: m.reset_running_stats()
+        for name, layer in layers.items(): layer.weight.copy_(_signed(layer.weight, c.c_plus[name], c.c_minus[name]))
+    _fresh_biases_and_norms(model)
     return model
 
 # %% ../nbs/18_asni.ipynb #30582e52
@@ -137,6 +148,19 @@ def table2_counts(net: nn.Module) -> dict:
     nz = sum(int((p != 0).sum()) for p in net.parameters())
     return dict(params=params, nonzeros=nz, sparsity=100*(1 - nz/params))
 
+# %% ../nbs/18_asni.ipynb #4661e858
+def _asni_runner(model: dict, data, recipe: Recipe, plan: list, seed: int, exclude: Sequence[str], progress: bool):
+    "The run function `cached_run` calls for `asni`: Algorithm 1 from θ⁰, storing the mask, θ̂*, θ⁰, the centroids and the plan."
+    def run(config=None, workdir=None):
+        net = get_model(**model)
+        init = plain_state(net)
+        hist = fit(net, data, recipe, mask=Mask.ones(net, exclude), callbacks=[ASNIPruning(plan)], seed=seed, progress=progress,
+                   checkpoint=None if workdir is None else workdir/"checkpoint.pt")
+        return Result(hist, dict(mask=get_mask(net).state_dict(), weights=plain_state(net), init=init),
+                      dict(model=model, centroids=centroids(net).to_dict("list"), plan=plan))
+    return run
+
+# %% ../nbs/18_asni.ipynb #a28c57d0
 @dataclass
 class ASNIResult:
     "One ASNI run: the learned sparse network (A), the dense initialisation θ⁰, the centroids and the plan."
@@ -178,6 +202,7 @@ class ASNIResult:
         "S: the learned mask from the original initialisation θ⁰ ⊙ m̂."
         return self.ticket.replace("original", weights=self.init, history=pd.DataFrame())
 
+# %% ../nbs/18_asni.ipynb #a38e34ce
 def asni(model: Mapping, # get_model arguments (model_for) with an integer seed: θ⁰
          data: str | Mapping, # a dataset name (cacheable) or splits
          alpha: float, # the pruned percentage the sigmoid rises to, in (0, 100)
@@ -195,13 +220,7 @@ def asni(model: Mapping, # get_model arguments (model_for) with an integer seed:
     plan = pruning_plan(recipe.epochs, alpha, beta, gamma, convention)
     config = dict(model=model, data=data, alpha=alpha, beta=beta, gamma=gamma, recipe=recipe, seed=seed,
                   convention=convention, exclude=list(exclude))
-    def run(config=None, workdir=None):
-        net = get_model(**model)
-        init = plain_state(net)
-        hist = fit(net, data, recipe, mask=Mask.ones(net, exclude), callbacks=[ASNIPruning(plan)], seed=seed, progress=progress,
-                   checkpoint=None if workdir is None else workdir/"checkpoint.pt")
-        return Result(hist, dict(mask=get_mask(net).state_dict(), weights=plain_state(net), init=init),
-                      dict(model=model, centroids=centroids(net).to_dict("list"), plan=plan))
+    run = _asni_runner(model, data, recipe, plan, seed, exclude, progress)
     if cache and isinstance(data, str):
         r = cached_run("asni", config, run)
         t, info, hist, key, cached = r.tensors, r.info, r.history, f"{r.kind}-{r.key}", r.cached
@@ -214,6 +233,7 @@ def asni(model: Mapping, # get_model arguments (model_for) with an integer seed:
 VARIANTS = ("D", "A", "C", "S")
 VARIANT_NAMES = {"D": "dense", "A": "ASNI", "C": "centroid init", "S": "original init"}
 
+# %% ../nbs/18_asni.ipynb #06056ff3
 @dataclass(repr=False)
 class ASNIVariants:
     "D, A, C and S for some seeds: a row per variant and seed, the per-epoch curves, the ASNI results and the trained weights."
@@ -224,19 +244,35 @@ class ASNIVariants:
     cache: dict = field(default_factory=dict)
 
     def __repr__(self):
-        return (f"ASNIVariants({', '.join(self.table.variant.unique())} × seeds {sorted(self.table.seed.unique())}; "
+        return (f"ASNIVariants({', '.join(self.table.variant.unique())} × seeds {sorted(self.table.seed.unique().tolist())}; "
                 f"runs loaded {self.cache.get('loaded')}, computed {self.cache.get('computed')})")
 
     def accuracy(self) -> pd.Series:
         "Mean final test accuracy of each variant over the seeds."
         return self.table.groupby("variant", sort=False).acc.mean()
 
+# %% ../nbs/18_asni.ipynb #fc42148a
 def _check_variants(variants) -> list[str]:
     variants = [variants] if isinstance(variants, str) else list(variants)
     bad = [v for v in variants if v not in VARIANTS]
     if bad or not variants: raise ValueError(f"variants={variants!r}: use some of {', '.join(map(repr, VARIANTS))}")
     return variants
 
+# %% ../nbs/18_asni.ipynb #0e1f66de
+def _variant_run(res: ASNIResult, v: str, data, recipe: Recipe, seed: int, cache: bool) -> tuple:
+    "Variant `v`'s trained network, its history and its run's key: A is `res` itself; D, C and S are finetuned by `recipe`."
+    if v == "A": return res.network(), res.history, res.ticket.key
+    ticket = {"D": res.dense_ticket, "C": res.centroid_ticket, "S": res.original_ticket}[v]()
+    net, hist = finetune(ticket, data, recipe, seed=seed, cache=cache, progress=False)
+    return net, hist, ticket.key
+
+def _variant_row(v: str, seed: int, net: nn.Module, hist: pd.DataFrame, key: str | None) -> dict:
+    "The table's row of a trained variant: final accuracy, density, Table 2's counts, epochs, time, run key."
+    mask = Mask.from_weights(net)
+    return dict(variant=v, seed=seed, acc=last_value(hist), density=mask.density, pruned=pruned_percent(mask),
+                **table2_counts(net), epochs=int(hist.epoch.max()), time_s=fit_seconds(hist), key=key)
+
+# %% ../nbs/18_asni.ipynb #154d4950
 def asni_variants(model: Mapping, # get_model arguments (model_for); its seed is set to each of `seeds`
                   data: str | Mapping, # dataset name or splits
                   alpha: float, beta: float, gamma: float, # the sigmoid (Table 2)
@@ -261,17 +297,9 @@ def asni_variants(model: Mapping, # get_model arguments (model_for); its seed is
         if s not in results:
             results[s] = asni(dict(model, seed=s), data, alpha, beta, gamma, recipe, seed=s, convention=convention,
                               exclude=exclude, cache=cache, progress=False)
-        res = results[s]
-        if v == "A": net, hist, key = res.network(), res.history, res.ticket.key
-        else:
-            ticket = {"D": res.dense_ticket, "C": res.centroid_ticket, "S": res.original_ticket}[v]()
-            net, hist = finetune(ticket, data, recipe if v == "D" else retrain, seed=s, cache=cache, progress=False)
-            key = ticket.key
-        mask = Mask.from_weights(net)
+        net, hist, key = _variant_run(results[s], v, data, recipe if v == "D" else retrain, s, cache)
         trained[(v, s)] = plain_state(net)
-        rows.append(dict(variant=v, seed=s, acc=last_value(hist), density=mask.density, pruned=pruned_percent(mask),
-                         **table2_counts(net), epochs=int(hist.epoch.max()), time_s=fit_seconds(hist), key=key))
-        curves.append(hist.assign(variant=v, seed=s))
+        rows.append(_variant_row(v, s, net, hist, key)); curves.append(hist.assign(variant=v, seed=s))
     curves = pd.concat(curves, ignore_index=True)[["variant", "seed", "epoch", "split", "metric", "value", "density", "lr"]]
     return ASNIVariants(pd.DataFrame(rows), curves, results, trained, run_counts(stats0))
 
@@ -289,6 +317,7 @@ def _row(data, model, params, alpha, beta, gamma, recipe, paper, retrain_lr=None
                 retrain=None if retrain_lr is None else dict(recipe, lr=retrain_lr), options=dict(options or {}),
                 paper=dict(zip(keys, paper)))
 
+# %% ../nbs/18_asni.ipynb #bb76c1a1
 _CIFAR = dict(crop=4, flip=True)
 _C160 = dict(lr=0.05, weight_decay=5e-4, delta=0.06, epochs=160, batch_size=128, **_CIFAR)
 _IN = dict(lr=0.35, weight_decay=1e-4, delta=0.02, epochs=90, batch_size=820, flip=True)
@@ -308,19 +337,62 @@ ASNI_ROWS: dict[str, dict] = {   # Table 1 (recipe, parameters) and Table 2 (alp
     "imagenet-resnet50-90": _row("imagenet", "resnet50", 25_557_032, 91.05, 0.5, 10, _sgd(**_IN), (90.08, 2_534_267, 75.02, 73.18, 72.79, 65.43), retrain_lr=0.128),
 }
 
+# %% ../nbs/18_asni.ipynb #61aa2e97
 def _cpu_row(key: str) -> dict:
     row = dict(ASNI_ROWS[key], data="fashion-mnist")
     if row["model"] != "lenet-300-100": row["options"] = dict(width=0.125)
     return row
 
+_CPU_NETWORKS = {k: _cpu_row(k) for k in ASNI_ROWS if k.startswith("mnist")}
 _SMOKE_ROW = dict(_row("digits", "lenet-300-100", 0, 80, 0.5, 1, _adam(8, 1.2e-3, batch_size=64), (None,)*6), params=None)
 _KNOBS = dict(convention="paper", alpha=None, beta=None, gamma=None)  # None: each row's own α, β, γ
-ASNI = {
+_TABLE = {
     "paper": dict(networks=ASNI_ROWS, rows=list(ASNI_ROWS), seeds=[0, 1, 2], row="imagenet-resnet50-80", **_KNOBS),
-    "cpu": dict(networks={k: _cpu_row(k) for k in ASNI_ROWS if k.startswith("mnist")}, rows=["mnist-fc"], seeds=[0, 1, 2],
-                row="mnist-fc", **_KNOBS),
+    "cpu": dict(networks=_CPU_NETWORKS, rows=["mnist-fc"], seeds=[0, 1, 2], row="mnist-fc", **_KNOBS),
     "smoke": dict(networks={"digits-fc": _SMOKE_ROW}, rows=["digits-fc"], seeds=[0], row="digits-fc", **_KNOBS),
 }
+
+# %% ../nbs/18_asni.ipynb #5e52e508
+def _with_knobs(networks: Mapping, # row name -> entry
+                names, # the rows to change
+                knobs: Mapping, # alpha, beta, gamma: a number replaces the entry's, None keeps it
+               ) -> Mapping:
+    "`networks` with the given knobs set in the entries `names` (new dicts); `networks` itself when none is given."
+    knobs = {k: v for k, v in knobs.items() if v is not None}
+    if not knobs: return networks
+    return {n: dict(r, **knobs) if n in names else r for n, r in networks.items()}
+
+# %% ../nbs/18_asni.ipynb #8e51c762
+@dataclass(frozen=True)
+class ASNISpec(ExperimentSpec):
+    "The ASNI notebooks' knobs: the rows the table runs, the row the figures show, seeds, convention, α, β, γ overrides."
+    networks: dict = field(default_factory=lambda: dict(_CPU_NETWORKS), repr=False)  # row -> entry (`ASNI_ROWS`' form)
+    rows: list[str] = field(default_factory=lambda: ["mnist-fc"])  # the rows `asni_sweep` runs (asni_table2)
+    row: str = "mnist-fc"               # the row the figures show
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    convention: str = "paper"           # see `pruning_plan`
+    alpha: float | None = None          # None: each row's own α
+    beta: float | None = None
+    gamma: float | None = None
+    schedules: list[str] | None = None  # asni_fig2: Table 2's rows whose schedules panel (a) draws
+    bins: int | None = None             # asni_fig3, asni_fig4: histogram bins
+    TABLE = _TABLE
+    FIGURES = {"asni_table2": {},   # the figures show one run of `row` (as the paper's do), seed 0 of the table's runs
+               "asni_fig2": dict(seeds=[0], schedules=["imagenet-resnet50-80", "imagenet-resnet50-90"]),
+               "asni_fig3": dict(seeds=[0], bins=120), "asni_fig4": dict(seeds=[0], bins=60)}
+
+    def check(self):
+        "rows/row in the preset, integer seeds, schedules of Table 2, a known convention; α, β, γ set in the chosen rows, then checked."
+        chosen = list(dict.fromkeys([*self.rows, self.row]))
+        bad = [r for r in [*self.rows, self.row] if r not in self.networks]
+        if bad: raise ValueError(f"rows/row {bad!r}: the {self.preset} preset has {', '.join(map(repr, self.networks))}")
+        if not self.seeds or any(isinstance(s, bool) or not isinstance(s, int) for s in self.seeds):
+            raise ValueError(f"seeds={self.seeds!r}: give integer seeds")
+        bad = [r for r in self.schedules or [] if r not in ASNI_ROWS]
+        if bad: raise ValueError(f"schedules {bad!r}: use rows of Table 2: {', '.join(map(repr, ASNI_ROWS))}")
+        if self.convention not in CONVENTIONS: raise ValueError(f"convention={self.convention!r}: use one of {', '.join(map(repr, CONVENTIONS))}")
+        object.__setattr__(self, "networks", _with_knobs(self.networks, chosen, dict(alpha=self.alpha, beta=self.beta, gamma=self.gamma)))
+        for n in chosen: check_asni(self.networks[n]["alpha"], self.networks[n]["beta"], self.networks[n]["gamma"])
 
 # %% ../nbs/18_asni.ipynb #5ee90742
 @dataclass(repr=False)
@@ -336,15 +408,32 @@ class ASNISweep:
         return (f"ASNISweep({', '.join(self.rows)}; {len(self.table)} runs' rows; "
                 f"runs loaded {self.cache.get('loaded')}, computed {self.cache.get('computed')})")
 
+# %% ../nbs/18_asni.ipynb #324fb29c
 def _asni_row(cfg: Mapping, name: str, seeds: Sequence[int], variants: Sequence[str], progress: bool = False) -> ASNIVariants:
     "`asni_variants` of one row of the preset."
     r = cfg["networks"][name]
     return asni_variants(model_for(r["data"], r["model"], **r["options"]), r["data"], r["alpha"], r["beta"], r["gamma"], r["recipe"],
                          seeds=seeds, variants=variants, retrain=r["retrain"], convention=cfg["convention"], progress=progress)
 
-def _asni_unit(u: dict): _asni_row(**u)
+def _asni_unit(u: dict) -> ASNIVariants: return _asni_row(**u)
 
-def asni_sweep(cfg: Mapping, # a filled ASNI preset
+# %% ../nbs/18_asni.ipynb #3bff3811
+def _join_variants(parts: Sequence[ASNIVariants]) -> ASNIVariants:
+    "One ASNIVariants from several (a row's units, in seed order): tables and curves stacked, results and weights merged, cache use summed."
+    cache = {k: sum(p.cache.get(k, 0) for p in parts) for k in ("loaded", "computed")}
+    return ASNIVariants(pd.concat([p.table for p in parts], ignore_index=True), pd.concat([p.curves for p in parts], ignore_index=True),
+                        {s: r for p in parts for s, r in p.results.items()}, {k: w for p in parts for k, w in p.trained.items()}, cache)
+
+# %% ../nbs/18_asni.ipynb #a70d1e13
+def _sweep_rows(cfg: Mapping, rows) -> list[str]:
+    "The rows to sweep: `rows` (one or several), default the spec's; each must be a row of the preset."
+    names = cfg["rows"] if rows is None else ([rows] if isinstance(rows, str) else list(rows))
+    bad = [r for r in names if r not in cfg["networks"]]
+    if bad or not names: raise ValueError(f"rows={names!r}: this preset has {', '.join(map(repr, cfg['networks']))}")
+    return names
+
+# %% ../nbs/18_asni.ipynb #5f35ace2
+def asni_sweep(cfg: Mapping, # a filled ASNI spec (`ASNISpec.fill`)
                rows: str | Sequence[str] | None = None, # default: cfg["rows"]
                seeds: Sequence[int] | None = None, # default: cfg["seeds"]
                variants: Sequence[str] = VARIANTS,
@@ -353,67 +442,28 @@ def asni_sweep(cfg: Mapping, # a filled ASNI preset
                progress: bool = True,
               ) -> ASNISweep:
     "D, A, C and S for each row and seed of the preset (cached runs)."
-    names = cfg["rows"] if rows is None else ([rows] if isinstance(rows, str) else list(rows))
-    bad = [r for r in names if r not in cfg["networks"]]
-    if bad or not names: raise ValueError(f"rows={names!r}: this preset has {', '.join(map(repr, cfg['networks']))}")
+    names = _sweep_rows(cfg, rows)
     seeds = cfg["seeds"] if seeds is None else list(seeds)
-    stats0, out, tables, curves = dict(STATS), {}, [], []
-    # The units: ASNI itself per row and seed first (every variant starts from its run), then each other variant alone.
-    for part, what in ((["A"], "asni sweep"), ([v for v in variants if v != "A"], "asni variants")):
-        runs.sweep([dict(cfg=cfg, name=n, seeds=[s], variants=[v]) for n in names for s in seeds for v in part], _asni_unit, executor,
-                   workers=workers, desc=what, progress=progress)
-    swept = run_counts(stats0)
-    for name in names:                                       # every run is cached now: this loads them
-        vs = out[name] = _asni_row(cfg, name, seeds, variants)
-        tables.append(vs.table.assign(row=name)); curves.append(vs.curves.assign(row=name))
-    table = pd.concat(tables, ignore_index=True)
+    stats0, grid = dict(STATS), [(n, s) for n in names for s in seeds]
+    units = runs.sweep([dict(cfg=cfg, name=n, seeds=[s], variants=list(variants)) for n, s in grid], _asni_unit, executor,
+                       workers=workers, desc="asni sweep", progress=progress)
+    out = {n: _join_variants([vs for (m, _), vs in zip(grid, units) if m == n]) for n in names}
+    table = pd.concat([vs.table.assign(row=n) for n, vs in out.items()], ignore_index=True)
     table["method"] = table.variant
     cols = ["row", "variant"] + [c for c in table.columns if c not in ("row", "variant")]
-    return ASNISweep(table[cols], pd.concat(curves, ignore_index=True), out, {n: cfg["networks"][n] for n in names},
-                     runs.gathered_counts(stats0, swept))
+    curves = pd.concat([vs.curves.assign(row=n) for n, vs in out.items()], ignore_index=True)
+    return ASNISweep(table[cols], curves, out, {n: cfg["networks"][n] for n in names}, run_counts(stats0))
+
+# %% ../nbs/18_asni.ipynb #927298b8
+def _table2_row(name: str, r: Mapping, t: pd.DataFrame) -> dict:
+    "Table 2's row `name` from its preset entry `r` and its variants' table `t`."
+    a = t[t.variant == "A"]
+    row = dict(row=name, data=r["data"], model=r["model"], alpha=r["alpha"], beta=r["beta"], gamma=r["gamma"], seeds=t.seed.nunique(),
+               **{k: a[k].mean() if len(a) else math.nan for k in ("density", "pruned", "sparsity", "nonzeros")})
+    row.update({v: 100*t[t.variant == v].acc.mean() if (t.variant == v).any() else math.nan for v in VARIANTS})
+    row.update({f"paper_{k}": v for k, v in r["paper"].items()}, paper_data=ASNI_ROWS[name]["data"] if name in ASNI_ROWS else None)
+    return row
 
 def table2(sweep: ASNISweep) -> pd.DataFrame:
     "Table 2 as measured (means over the seeds, accuracies in %), with the paper's printed values in `paper_*` columns."
-    out = []
-    for name, vs in sweep.rows.items():
-        r, t = sweep.networks[name], vs.table
-        a = t[t.variant == "A"]
-        row = dict(row=name, data=r["data"], model=r["model"], alpha=r["alpha"], beta=r["beta"], gamma=r["gamma"],
-                   seeds=t.seed.nunique(), density=a.density.mean() if len(a) else math.nan, pruned=a.pruned.mean() if len(a) else math.nan,
-                   sparsity=a.sparsity.mean() if len(a) else math.nan, nonzeros=a.nonzeros.mean() if len(a) else math.nan)
-        row.update({v: 100*t[t.variant == v].acc.mean() if (t.variant == v).any() else math.nan for v in VARIANTS})
-        row.update({f"paper_{k}": v for k, v in r["paper"].items()}, paper_data=ASNI_ROWS[name]["data"] if name in ASNI_ROWS else None)
-        out.append(row)
-    return pd.DataFrame(out)
-
-ASNI_FIGURES = {"asni_table2": {},   # the figures show one run of `row` (as the paper's do), seed 0 of the table's runs
-                "asni_fig2": dict(seeds=[0], schedules=["imagenet-resnet50-80", "imagenet-resnet50-90"]),
-                "asni_fig3": dict(seeds=[0], bins=120), "asni_fig4": dict(seeds=[0], bins=60)}
-
-
-def asni_preset(figure: str) -> dict:
-    "The preset table (smoke/cpu/paper) of one of the ASNI notebooks: the sweep's knobs plus its own."
-    if figure not in ASNI_FIGURES: raise ValueError(f"figure={figure!r}: use one of {', '.join(map(repr, ASNI_FIGURES))}")
-    return {p: {**ASNI[p], **ASNI_FIGURES[figure]} for p in PRESETS}
-
-def check_asni_cfg(cfg: Mapping) -> dict:
-    "A filled ASNI preset (`fill_preset(asni_preset(figure), ...)`) with `rows` and `seeds` as lists, checked; α, β, γ overrides applied."
-    cfg = dict(cfg)
-    for k in ("rows", "seeds"):   # papermill's -p passes a list as its text: '["mnist-fc"]', '[0, 1]'
-        if isinstance(cfg[k], str) and cfg[k].strip().startswith("["): cfg[k] = json.loads(cfg[k])
-    if isinstance(cfg["rows"], str): cfg["rows"] = [cfg["rows"]]
-    if isinstance(cfg["seeds"], int): cfg["seeds"] = [cfg["seeds"]]
-    bad = [r for r in [*cfg["rows"], cfg["row"]] if r not in cfg["networks"]]
-    if bad: raise ValueError(f"rows/row {bad!r}: the {cfg.get('preset')} preset has {', '.join(map(repr, cfg['networks']))}")
-    if not cfg["seeds"] or any(isinstance(s, bool) or not isinstance(s, int) for s in cfg["seeds"]):
-        raise ValueError(f"seeds={cfg['seeds']!r}: give integer seeds")
-    bad = [r for r in cfg.get("schedules") or [] if r not in ASNI_ROWS]
-    if bad: raise ValueError(f"schedules {bad!r}: use rows of Table 2: {', '.join(map(repr, ASNI_ROWS))}")
-    if cfg["convention"] not in CONVENTIONS: raise ValueError(f"convention={cfg['convention']!r}: use one of {', '.join(map(repr, CONVENTIONS))}")
-    knobs = {k: cfg.get(k) for k in ("alpha", "beta", "gamma") if cfg.get(k) is not None}
-    if knobs:   # the paper's knobs, for the row the figures show (and every row of `rows`)
-        cfg["networks"] = {n: dict(r, **knobs) if n in {*cfg["rows"], cfg["row"]} else r for n, r in cfg["networks"].items()}
-    for n in {*cfg["rows"], cfg["row"]}:
-        r = cfg["networks"][n]; check_asni(r["alpha"], r["beta"], r["gamma"])
-    return cfg
-
+    return pd.DataFrame([_table2_row(name, sweep.networks[name], vs.table) for name, vs in sweep.rows.items()])

@@ -1,4 +1,5 @@
 """ASNI (18_asni): the sigmoid schedule, per-epoch global magnitude pruning, centroids, the D/A/C/S variants, presets."""
+import dataclasses
 import math
 
 import numpy as np
@@ -6,10 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
-from paper_repro.asni import (ASNI, ASNI_ROWS, CONVENTIONS, VARIANTS, ASNIPruning, asni, asni_preset, asni_prune,
-                              asni_sweep, asni_variants, centroid_init, centroids, check_asni, check_asni_cfg,
-                              pruning_plan, sigmoid_schedule, table2)
-from paper_repro.core import fill_preset
+from paper_repro.asni import (ASNI_ROWS, CONVENTIONS, VARIANTS, ASNIPruning, ASNISpec, asni, asni_prune, asni_sweep,
+                              asni_variants, centroid_init, centroids, check_asni, pruning_plan, sigmoid_schedule, table2)
 from paper_repro.data import load_dataset
 from paper_repro.masks import Mask, apply_mask, get_mask, masked_layers
 from paper_repro.models import count_parameters, get_model, prunable_layers
@@ -111,7 +110,7 @@ def test_bad_alpha_beta_gamma_raise_naming_the_parameter(alpha, beta, gamma, wor
     given = {k: v for k, v in dict(alpha=alpha, beta=beta, gamma=gamma).items() if v is not None}
     if len(given) == 3:
         with pytest.raises(ValueError, match=word.split("=")[0]):
-            check_asni_cfg(fill_preset(asni_preset("asni_table2"), preset="smoke", **given))
+            ASNISpec.fill("asni_table2", preset="smoke", **given)
 
 
 def test_other_bad_input(digits):
@@ -122,9 +121,9 @@ def test_other_bad_input(digits):
     with pytest.raises(ValueError, match="seeds"):
         asni_variants(LENET, digits, 90, 0.5, 1, ADAM, seeds=[])
     with pytest.raises(ValueError, match="rows"):
-        asni_sweep(check_asni_cfg(fill_preset(asni_preset("asni_table2"), preset="smoke")), rows=["mnist-fc"])
+        asni_sweep(ASNISpec.fill("asni_table2", preset="smoke"), rows=["mnist-fc"])
     with pytest.raises(ValueError, match="figure='asni_fig1'"):
-        asni_preset("asni_fig1")
+        ASNISpec.fill("asni_fig1")
     net = apply_mask(get_model(**LENET), Mask.ones(get_model(**LENET)))
     asni_prune(net, 60)
     with pytest.raises(ValueError, match="never revives"):
@@ -292,7 +291,7 @@ def test_variants_are_cached_shared_and_keep_their_masks(digits):
 
 def test_table2_counts_follow_the_papers_definition(digits):
     """nonzeros: all non-zero parameters (biases included); sparsity = 1 - nonzeros/params, in percent."""
-    cfg = check_asni_cfg(fill_preset(asni_preset("asni_table2"), preset="smoke"))
+    cfg = ASNISpec.fill("asni_table2", preset="smoke")
     sweep = asni_sweep(cfg, progress=False)
     t2 = table2(sweep)
     a = sweep.table[sweep.table.variant == "A"].iloc[0]
@@ -333,9 +332,10 @@ TABLE2 = {  # alpha, beta, gamma, sparsity, nonzeros, D, A, C, S
 
 
 def test_paper_preset_is_tables_1_and_2_exactly():
-    rows = ASNI["paper"]["networks"]
-    assert list(rows) == list(TABLE1) == list(TABLE2) and ASNI["paper"]["rows"] == list(TABLE1)
-    assert ASNI["paper"]["seeds"] == [0, 1, 2]
+    paper = ASNISpec.fill("asni_table2", preset="paper")
+    rows = paper.networks
+    assert list(rows) == list(TABLE1) == list(TABLE2) and paper.rows == list(TABLE1)
+    assert paper.seeds == [0, 1, 2] and paper.row == "imagenet-resnet50-80"
     for k, r in rows.items():
         params, epochs, batch, opt, lr, wd, delta = TABLE1[k]
         rec = Recipe(**r["recipe"])
@@ -372,7 +372,7 @@ def test_imagenet_resnet50_has_table1_parameter_count():
 
 
 def test_cpu_preset_runs_the_mnist_rows_on_fashion_mnist_with_the_papers_knobs():
-    cpu = ASNI["cpu"]
+    cpu = ASNISpec.fill("asni_table2", preset="cpu")
     assert list(cpu["networks"]) == ["mnist-fc", "mnist-conv2", "mnist-conv4", "mnist-conv6"] and cpu["rows"] == ["mnist-fc"]
     for k, r in cpu["networks"].items():
         p = ASNI_ROWS[k]
@@ -386,6 +386,85 @@ def test_cpu_preset_runs_the_mnist_rows_on_fashion_mnist_with_the_papers_knobs()
 
 
 def test_knob_overrides_apply_to_the_rows_run():
-    cfg = check_asni_cfg(fill_preset(asni_preset("asni_fig2"), preset="cpu", alpha=95.0, gamma=3.0))
+    cfg = ASNISpec.fill("asni_fig2", preset="cpu", alpha=95.0, gamma=3.0)
     assert (cfg["networks"]["mnist-fc"]["alpha"], cfg["networks"]["mnist-fc"]["gamma"]) == (95.0, 3.0)
     assert cfg["networks"]["mnist-conv2"]["alpha"] == 99.2
+    assert cfg.networks["mnist-fc"]["beta"] == 0.5 and ASNISpec.TABLE["cpu"]["networks"]["mnist-fc"]["alpha"] == 98
+
+
+# ---------------------------------------------------------------- 6. the typed spec
+
+def test_spec_types_papermill_text_and_single_values():
+    """rows and seeds given as papermill's JSON text become lists; one value becomes a list of one; numbers become floats."""
+    cfg = ASNISpec.fill("asni_table2", preset="cpu", seeds="[0, 1]", rows='["mnist-fc", "mnist-conv2"]', alpha=97)
+    assert (cfg.seeds, cfg.rows, cfg.alpha) == ([0, 1], ["mnist-fc", "mnist-conv2"], 97.0)
+    assert isinstance(cfg.alpha, float) and cfg["seeds"] == [0, 1] and cfg["networks"] is cfg.networks
+    one = ASNISpec.fill("asni_table2", preset="cpu", seeds=2, rows="mnist-conv4")
+    assert (one.seeds, one.rows) == ([2], ["mnist-conv4"])
+    fig2 = ASNISpec.fill("asni_fig2", preset="smoke", schedules='["mnist-fc"]')
+    assert fig2.schedules == ["mnist-fc"] and fig2.seeds == [0] and fig2.bins is None
+    assert ASNISpec.fill("asni_fig3", preset="smoke").bins == 120 and ASNISpec.fill("asni_fig4", preset="smoke").bins == 60
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.seeds = [3]
+
+
+def test_overrides_change_exactly_the_chosen_rows():
+    """alpha/beta/gamma replace the row's own in `rows` and `row` only; the other rows and the preset table keep theirs;
+    replace() applies a new override on top."""
+    cfg = ASNISpec.fill("asni_fig3", preset="cpu", rows=["mnist-conv2"], row="mnist-conv4", beta=0.25)
+    before = ASNISpec.TABLE["cpu"]["networks"]
+    for name, r in cfg.networks.items():
+        assert r == (dict(before[name], beta=0.25) if name in ("mnist-conv2", "mnist-conv4") else before[name]), name
+    assert before["mnist-conv2"]["beta"] == 0.5
+    assert cfg.replace(gamma=4.0).networks["mnist-conv4"] == dict(before["mnist-conv4"], beta=0.25, gamma=4.0)
+    plain = ASNISpec.fill("asni_table2", preset="smoke")
+    assert plain.networks == ASNISpec.TABLE["smoke"]["networks"]
+
+
+@pytest.mark.parametrize("given,words", [
+    (dict(rows=["mnist-fc"]), ["rows/row ['mnist-fc']", "smoke preset has 'digits-fc'"]),
+    (dict(row="cifar10-vgg11"), ["rows/row ['cifar10-vgg11']"]),
+    (dict(seeds=[]), ["seeds=[]", "integer seeds"]),
+    (dict(seeds=[0, True]), ["seeds=[0, True]"]),
+    (dict(seeds="[0, 1"), ["seeds='[0, 1'"]),
+    (dict(convention="authors"), ["convention='authors'", "'paper', 'code'"]),
+    (dict(alpha=0), ["alpha=0"]), (dict(beta=2.0), ["beta=2.0"]), (dict(gamma=-1), ["gamma=-1"]),
+    (dict(alpha="98"), ["alpha='98'"]),
+    (dict(bins=10), ["unknown parameter", "['bins']"]),
+])
+def test_spec_rejects_bad_knobs_naming_them(given, words):
+    with pytest.raises(ValueError) as e:
+        ASNISpec.fill("asni_table2", preset="smoke", **given)
+    assert all(w in str(e.value) for w in words), (str(e.value), words)
+
+
+def test_spec_rejects_schedules_outside_table2():
+    with pytest.raises(ValueError, match=r"schedules \['digits-fc'\]: use rows of Table 2"):
+        ASNISpec.fill("asni_fig2", preset="smoke", schedules=["digits-fc"])
+
+
+# ---------------------------------------------------------------- 7. the sweep returns what it computed
+
+def test_a_cold_sweep_computes_each_run_once_and_a_second_loads_them_all(tmp_path, monkeypatch):
+    """A fresh run cache: the sweep computes all 8 runs (2 seeds x D, A, C, S) and loads none of them, a second sweep
+    loads all 8 and computes none, with equal tables; the units joined per row are what asni_variants gives for both
+    seeds in one call (rows by seed, then variant)."""
+    monkeypatch.setenv("PAPER_REPRO_OUTPUTS", str(tmp_path / "cold"))
+    cfg = ASNISpec.fill("asni_table2", preset="smoke", seeds=[0, 1])
+    first = asni_sweep(cfg, progress=False)
+    assert first.cache == dict(loaded=0, computed=8)
+    assert first.table[["row", "seed", "variant"]].values.tolist() == [["digits-fc", s, v] for s in (0, 1) for v in VARIANTS]
+    again = asni_sweep(cfg, progress=False)
+    assert again.cache == dict(loaded=8, computed=0)
+    pd.testing.assert_frame_equal(first.table, again.table)
+    pd.testing.assert_frame_equal(first.curves, again.curves)
+    r = cfg.networks["digits-fc"]
+    together = asni_variants(model_for(r["data"], r["model"], **r["options"]), r["data"], r["alpha"], r["beta"], r["gamma"],
+                             r["recipe"], seeds=[0, 1], retrain=r["retrain"], progress=False)
+    assert together.cache == dict(loaded=8, computed=0)
+    row = first.rows["digits-fc"]
+    pd.testing.assert_frame_equal(row.table, together.table)
+    pd.testing.assert_frame_equal(row.curves, together.curves)
+    assert list(row.results) == [0, 1] and list(row.trained) == list(together.trained)
+    assert all(torch.equal(row.trained[k][n], together.trained[k][n]) for k in row.trained for n in row.trained[k])
+    assert row.cache == dict(loaded=0, computed=8)
