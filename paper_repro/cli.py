@@ -17,7 +17,7 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
@@ -26,8 +26,9 @@ from .core import (check_executor, CLAIM_KINDS, PAPERS, PRESETS, claims_markdown
 from .runs import CHECKPOINT, RUN_FOLDER, lock_holder, runs_root
 
 # %% auto #0
-__all__ = ['UsageError', 'nbs_dir', 'notebook_path', 'notebook_parameters', 'parse_value', 'parse_parameters', 'run_arguments',
-           'run_notebook', 'written_files', 'scan_runs', 'run_status', 'parser', 'main']
+__all__ = ['SPECS', 'UsageError', 'nbs_dir', 'notebook_path', 'notebook_parameters', 'parse_value', 'parse_parameters',
+           'run_arguments', 'experiment_spec', 'check_spec', 'run_notebook', 'written_files', 'scan_runs', 'run_status',
+           'parser', 'main']
 
 # %% ../nbs/09_cli.ipynb #c6d12246
 class UsageError(ValueError):
@@ -129,7 +130,7 @@ def run_arguments(name: str, # the experiment notebook
                   parameters: dict | None = None, # more of the notebook's parameters
                   nbs: str | Path | None = None, # notebook folder (default: `nbs_dir()`)
                  ) -> tuple[Path, Path, dict]:
-    "(notebook, executed-notebook path, parameters to inject), checked: unknown notebook, parameter or preset is a `UsageError`."
+    "(notebook, executed-notebook path, parameters to inject), checked: unknown notebook, parameter or preset, or a value its spec refuses, is a `UsageError`."
     path = notebook_path(name, nbs)
     params = dict(parameters or {})
     known = notebook_parameters(path.stem, path.parent)
@@ -143,7 +144,31 @@ def run_arguments(name: str, # the experiment notebook
     if "executor" in params:
         try: check_executor(params["executor"])
         except (ValueError, ImportError) as e: raise UsageError(str(e)) from None
+    check_spec(path.stem, params)
     return path, outputs_dir()/path.stem/f"{path.stem}.ipynb", params
+
+# %% ../nbs/09_cli.ipynb #134ab60f
+SPECS = {**{f: ("gems", "GemsSpec") for f in ("fig1", "fig2", "fig4", "fig6", "fig7", "fig8")}, "fig3": ("gems", "Fig3Spec"),
+         **{f"rti_fig{i}": ("rti", "RTISpec") for i in range(1, 9)},
+         **{f"sanity_fig{x}": ("sanity", "LTHSpec") for x in ("A1", "D", "F", "G")},
+         **{f: ("asni", "ASNISpec") for f in ("asni_table2", "asni_fig2", "asni_fig3", "asni_fig4")}}  # notebook -> (module, spec class)
+
+def experiment_spec(name: str): # an experiment notebook
+    "The `ExperimentSpec` class that checks `name`'s parameters (None for a notebook of no paper: data_overview)."
+    if name not in SPECS: return None
+    from paper_repro import asni, gems, rti, sanity   # the paper modules: imported when a spec is asked for, not by `import paper_repro.cli`
+    module, cls = SPECS[name]
+    return getattr(dict(asni=asni, gems=gems, rti=rti, sanity=sanity)[module], cls)
+
+def check_spec(name: str, # an experiment notebook
+               params: Mapping[str, Any], # the parameters to inject (`preset` included or not)
+              ):
+    "Build `name`'s spec from `params` as the notebook will; a value it refuses is a `UsageError` naming it."
+    spec = experiment_spec(name)
+    if spec is None: return None
+    given = {k: v for k, v in params.items() if k != "preset"}
+    try: return spec.fill(name, params.get("preset", "auto"), **given)
+    except (ValueError, ImportError) as e: raise UsageError(f"{name}: {e}") from None
 
 # %% ../nbs/09_cli.ipynb #6e823ce7
 def run_notebook(name: str, # the experiment notebook

@@ -35,7 +35,7 @@ from .train import dist_info
 # %% auto #0
 __all__ = ['ENGINE_VERSION', 'STATS', 'KIND', 'RUN_FOLDER', 'CHECKPOINT', 'STALE_AFTER', 'LOCK_POLL', 'OPTIONS_ENV', 'jsonable',
            'canonical', 'run_hash', 'Result', 'Run', 'run_counts', 'runs_root', 'lock_holder', 'cached_run',
-           'executor_options', 'cpu_cores', 'sweep', 'gathered_counts']
+           'executor_options', 'cpu_cores', 'sweep']
 
 # %% ../nbs/07_runs.ipynb #f59bcf1a
 ENGINE_VERSION = 1  # bump when masks/train/data change what a run computes: every cached run is then recomputed
@@ -355,10 +355,3 @@ def sweep(configs: Sequence[Any], # one per unit of work (picklable; usually a d
             raise RuntimeError(f"sweep ({executor}): the unit {configs[f.index]!r:.300} failed after {finished} of {len(configs)} "
                                f"units finished (their runs are cached: rerun to resume): {type(cause).__name__}: {cause}") from cause
     return results
-
-def gathered_counts(before: Mapping[str, int], # `STATS` before the sweep
-                    swept: Mapping[str, int], # `run_counts(before)` right after it
-                   ) -> dict[str, int]:
-    """The cache use of a sweep and then its gather (the serial loop that reads every run back): the runs the sweep
-    loaded or computed, plus any the gather computed (none, when the units cover the gather)."""
-    return dict(loaded=swept["loaded"], computed=run_counts(before)["computed"])

@@ -176,23 +176,24 @@ def fit_seconds(history: pd.DataFrame) -> float:
     "The training seconds a fit history records (its largest `time`; 0 for an empty history)."
     return float(history.time.max()) if len(history) else 0.0
 
-def fit(model: nn.Module, # trained in place
-        data: str | Mapping[str, DataSplit], # dataset name, or {"train": ..., "test": ..., ...}
-        recipe: Recipe | str | Mapping, # a Recipe, a name in RECIPES, or Recipe fields
-        mask: Mapping[str, torch.Tensor] | None = None, # a fixed mask to train under
-        extra_loss: Callable | Mapping[str, Callable] | None = None, # extra loss term(s), f(model) -> scalar tensor
-        callbacks: Sequence[Callback | Callable] = (), # `Callback`s, or functions called at every epoch end
-        seed: int = 0, # batch order and augmentation
-        checkpoint: str | Path | None = None, # save after every epoch; resume from it if it exists
-        device: str | torch.device | None = None, # default: `get_device()`
-        amp: bool | None = None, # mixed precision (default: on CUDA only)
-        progress: bool = True, # a tqdm bar over the iterations
-       ) -> pd.DataFrame:
-    "Train `model` by `recipe` on `data` (under `mask`); return the long-format history."
-    recipe, splits, dev = as_recipe(recipe), as_splits(data), get_device(device)
+@dataclass
+class _FitParts:
+    "What `fit` sets up before its first epoch: the device, this process's place, the optimizer, the step, the loaders."
+    dev: torch.device
+    rank: int
+    world: int
+    opt: torch.optim.Optimizer
+    step: Callable
+    names: list
+    loader: TensorLoader
+    evals: dict
+
+def _fit_setup(model, data, recipe: Recipe, mask, extra_loss, seed: int, device, amp) -> _FitParts:
+    "Seed, mask, place the model, and build the optimizer, the step and the loaders, in this order (the run depends on it)."
+    splits, dev = as_splits(data), get_device(device)
     rank, world = dist_info()
     if world > 1: dev = _join(dev, recipe.batch_size)
-    seed_everything(seed)
+    seed_everything(seed)   # explicit: one seed decides the run, so fit owns the global generators while it trains
     if mask is not None:
         if score_params(model): raise ValueError("mask= sets a fixed mask, but this model learns its mask from scores; "
                                                   "give the frozen entries to to_masked(model, mask=..., rule=...) instead")
@@ -205,44 +206,76 @@ def fit(model: nn.Module, # trained in place
     opt = make_optimizer(model, recipe)
     keep_masks(opt, model)   # projects round-rule scores; the fixed masks are in the optimizer's update
     step = train_step(model, opt, extra_loss, amp) if world == 1 else _shard_step(model, opt, extra_loss, amp, rank, world)
-    names = list(_terms(extra_loss))
     loader = TensorLoader(splits["train"], recipe.batch_size, crop=recipe.crop, flip=recipe.flip, seed=seed, device=dev, channels_last=cuda)
     evals = {k: TensorLoader(_part(v, rank, world), 1000, shuffle=False, device=dev, channels_last=cuda) for k, v in splits.items() if k != "train"}
+    return _FitParts(dev, rank, world, opt, step, list(_terms(extra_loss)), loader, evals)
+
+def _train_epoch(p: _FitParts, state: FitState, epoch: int, on_step: list, bar) -> tuple[torch.Tensor, int, float]:
+    "One epoch of steps at the recipe's per-iteration learning rate: (sums of loss, correct and extra terms; examples; last lr)."
+    state.model.train()
+    p.loader.set_epoch(epoch)
+    sums, n = torch.zeros(2 + len(p.names), device=p.dev), 0
+    for i, (x, y) in enumerate(p.loader):
+        lr = lr_at(state.recipe, epoch, (i + 1)/len(p.loader))
+        for g in p.opt.param_groups: g["lr"] = lr
+        task, correct, extras = p.step(x, y)
+        sums += torch.stack([task*len(y), correct.to(task.dtype), *[e.float()*len(y) for e in extras]])
+        n += len(y); state.iteration += 1
+        for c in on_step: c.on_step(state)
+        bar.update()
+    return sums, n, lr
+
+def _epoch_results(p: _FitParts, model: nn.Module, sums: torch.Tensor, n: int) -> dict[str, dict[str, float]]:
+    "Split -> metric -> value: the epoch's running train means, then every other split evaluated."
+    means = (sums/n).tolist()
+    results = {"train": dict(loss=means[0], acc=means[1], **dict(zip(p.names, means[2:])))}
+    for k, ld in p.evals.items(): results[k] = evaluate(model, ld) if p.world == 1 else _evaluate_parts(model, ld)
+    return results
+
+def _history_rows(state: FitState, results: Mapping, density: float, lr: float, now: float) -> list[dict]:
+    "The epoch's long-format history rows: every split's metrics, then what callbacks logged."
+    values = [(k, m, float(v)) for k, r in results.items() for m, v in r.items()] + state.logged
+    return [dict(epoch=state.epoch, split=k, metric=m, value=v, density=density, lr=lr, time=now) for k, m, v in values]
+
+# %% ../nbs/06_train.ipynb #6aa34418
+def fit(model: nn.Module, # trained in place
+        data: str | Mapping[str, DataSplit], # dataset name, or {"train": ..., "test": ..., ...}
+        recipe: Recipe | str | Mapping, # a Recipe, a name in RECIPES, or Recipe fields
+        mask: Mapping[str, torch.Tensor] | None = None, # a fixed mask to train under
+        extra_loss: Callable | Mapping[str, Callable] | None = None, # extra loss term(s), f(model) -> scalar tensor
+        callbacks: Sequence[Callback | Callable] = (), # `Callback`s, or functions called at every epoch end
+        seed: int = 0, # batch order and augmentation; fit reseeds python's, numpy's and torch's global generators with it
+        checkpoint: str | Path | None = None, # save after every epoch; resume from it if it exists
+        device: str | torch.device | None = None, # default: `get_device()`
+        amp: bool | None = None, # mixed precision (default: on CUDA only)
+        progress: bool = True, # a tqdm bar over the iterations
+       ) -> pd.DataFrame:
+    """Train `model` by `recipe` on `data` (under `mask`); return the long-format history. `fit` reseeds python's,
+    numpy's and torch's global generators with `seed` first (`seed_everything`): one seed decides the run."""
+    recipe = as_recipe(recipe)
+    p = _fit_setup(model, data, recipe, mask, extra_loss, seed, device, amp)
     cbs = [c if isinstance(c, Callback) else _EpochEnd(c) for c in callbacks]
     on_step = [c for c in cbs if type(c).on_step is not Callback.on_step]
-    state, rows, elapsed = FitState(model, opt, recipe, len(loader)), [], 0.0
+    state, rows, elapsed = FitState(model, p.opt, recipe, len(p.loader)), [], 0.0
     key, path = _checkpoint_key(recipe, seed), Path(checkpoint) if checkpoint is not None else None
-    if path is not None and path.exists(): rows, elapsed = _load_checkpoint(path, state, cbs, key, dev)
+    if path is not None and path.exists(): rows, elapsed = _load_checkpoint(path, state, cbs, key, p.dev)
     else:
         for c in cbs: c.on_fit_start(state)
     timer = Timer()
-    with tqdm(total=recipe.epochs*len(loader), initial=state.iteration, disable=not progress or rank != 0, mininterval=1.0,
+    with tqdm(total=recipe.epochs*len(p.loader), initial=state.iteration, disable=not progress or p.rank != 0, mininterval=1.0,
               desc=f"fit {recipe.optimizer} lr={recipe.lr:g}", unit="it", leave=True) as bar:
         for epoch in range(state.epoch, state.epoch if state.stop else recipe.epochs):  # a stopped run is finished
-            model.train()
-            loader.set_epoch(epoch)
-            sums, n = torch.zeros(2 + len(names), device=dev), 0
-            for i, (x, y) in enumerate(loader):
-                lr = lr_at(recipe, epoch, (i + 1)/len(loader))
-                for g in opt.param_groups: g["lr"] = lr
-                task, correct, extras = step(x, y)
-                sums += torch.stack([task*len(y), correct.to(task.dtype), *[e.float()*len(y) for e in extras]])
-                n += len(y); state.iteration += 1
-                for c in on_step: c.on_step(state)
-                bar.update()
+            sums, n, lr = _train_epoch(p, state, epoch, on_step, bar)
             state.epoch, state.logged = epoch + 1, []
-            if world > 1: dist.all_reduce(sums); _average_batchnorm(model, world)
+            if p.world > 1: dist.all_reduce(sums); _average_batchnorm(model, p.world)
             for c in cbs: c.on_epoch_trained(state)
-            means = (sums/n).tolist()
-            results = {"train": dict(loss=means[0], acc=means[1], **dict(zip(names, means[2:])))}
-            for k, ld in evals.items(): results[k] = evaluate(model, ld) if world == 1 else _evaluate_parts(model, ld)
+            results = _epoch_results(p, model, sums, n)
             for c in cbs: c.on_epoch_end(state)
-            if world > 1: state.stop = _any(state.stop, dev)
-            now, dens = elapsed + timer.elapsed, get_mask(model).density
-            values = [(k, m, float(v)) for k, r in results.items() for m, v in r.items()] + state.logged
-            rows += [dict(epoch=state.epoch, split=k, metric=m, value=v, density=dens, lr=lr, time=now) for k, m, v in values]
+            if p.world > 1: state.stop = _any(state.stop, p.dev)
+            now = elapsed + timer.elapsed
+            rows += _history_rows(state, results, get_mask(model).density, lr, now)
             bar.set_postfix({f"{k} acc": f"{r['acc']:.3f}" for k, r in results.items()})
-            if path is not None and rank == 0: _save_checkpoint(path, state, rows, cbs, key, now)
+            if path is not None and p.rank == 0: _save_checkpoint(path, state, rows, cbs, key, now)
             if state.stop: break
     return pd.DataFrame(rows, columns=HISTORY_COLUMNS)
 
