@@ -337,10 +337,11 @@ class ExperimentSpec(Mapping):
 
     def replace(self, **changes) -> "ExperimentSpec": return dataclasses.replace(self, **changes)
     def __getitem__(self, k):
-        if k not in self.__dataclass_fields__: raise KeyError(k)
+        if k not in self._knobs(): raise KeyError(k)
         return getattr(self, k)
-    def __iter__(self): return iter(self.__dataclass_fields__)
-    def __len__(self): return len(self.__dataclass_fields__)
+    def _knobs(self) -> list[str]: return [f.name for f in dataclasses.fields(self)]   # the fields: not TABLE/FIGURES
+    def __iter__(self): return iter(self._knobs())
+    def __len__(self): return len(self._knobs())
 
 # %% ../nbs/00_core.ipynb #8490c3bb
 def _git(*args) -> str | None:
