@@ -21,7 +21,7 @@ from . import runs
 from .runs import STATS, Result, cached_run, run_counts, run_hash
 from .recipes import as_recipe, Recipe
 from .train import Callback, fit, fit_seconds, FitState, last_value
-from .tickets import check_model, finetune, model_for, Ticket
+from .tickets import check_arch, finetune, arch_for, Ticket
 
 # %% auto #0
 __all__ = ['CACHE_VERSION', 'CONVENTIONS', 'VARIANTS', 'VARIANT_NAMES', 'ASNI_ROWS', 'check_asni', 'sigmoid_schedule',
@@ -149,22 +149,22 @@ def table2_counts(net: nn.Module) -> dict:
     return dict(params=params, nonzeros=nz, sparsity=100*(1 - nz/params))
 
 # %% ../nbs/18_asni.ipynb #4661e858
-def _asni_runner(model: dict, data, recipe: Recipe, plan: list, seed: int, exclude: Sequence[str], progress: bool):
+def _asni_runner(arch: dict, data, recipe: Recipe, plan: list, seed: int, exclude: Sequence[str], progress: bool):
     "The run function `cached_run` calls for `asni`: Algorithm 1 from θ⁰, storing the mask, θ̂*, θ⁰, the centroids and the plan."
     def run(config=None, workdir=None):
-        net = get_model(**model)
+        net = get_model(**arch)
         init = plain_state(net)
         hist = fit(net, data, recipe, mask=Mask.ones(net, exclude), callbacks=[ASNIPruning(plan)], seed=seed, progress=progress,
                    checkpoint=None if workdir is None else workdir/"checkpoint.pt")
         return Result(hist, dict(mask=get_mask(net).state_dict(), weights=plain_state(net), init=init),
-                      dict(model=model, centroids=centroids(net).to_dict("list"), plan=plan))
+                      dict(model=arch, centroids=centroids(net).to_dict("list"), plan=plan))
     return run
 
 # %% ../nbs/18_asni.ipynb #a28c57d0
 @dataclass
 class ASNIResult:
     "One ASNI run: the learned sparse network (A), the dense initialisation θ⁰, the centroids and the plan."
-    ticket: Ticket          # mask m̂, trained sparse weights θ̂*, the model's get_model arguments, the history
+    ticket: Ticket          # mask m̂, trained sparse weights θ̂*, the arch (get_model arguments), the history
     init: dict              # θ⁰: the plain architecture's state dict before training
     centroids: pd.DataFrame # layer, c_plus, c_minus, n_plus, n_minus, size, kept, density
     plan: list              # the scheduled pruned percentage after each epoch
@@ -188,10 +188,10 @@ class ASNIResult:
         return dict(table2_counts(self.network()), pruned=pruned_percent(self.mask))
 
     def dense_ticket(self) -> Ticket:
-        "D: the dense network from θ⁰ (cacheable by the model alone, so every ASNI run of it shares one)."
-        model = self.ticket.model
-        return Ticket(Mask({n: torch.ones_like(t) for n, t in self.mask.items()}), self.init, model,
-                      key=f"init-{run_hash('init', model)}")
+        "D: the dense network from θ⁰ (cacheable by the arch alone, so every ASNI run of it shares one)."
+        arch = self.ticket.arch
+        return Ticket(Mask({n: torch.ones_like(t) for n, t in self.mask.items()}), self.init, arch,
+                      key=f"init-{run_hash('init', arch)}")
 
     def centroid_ticket(self) -> Ticket:
         "C: the learned mask from ASNI's compressed initialisation (every surviving weight its layer's signed centroid)."
@@ -203,7 +203,7 @@ class ASNIResult:
         return self.ticket.replace("original", weights=self.init, history=pd.DataFrame())
 
 # %% ../nbs/18_asni.ipynb #a38e34ce
-def asni(model: Mapping, # get_model arguments (model_for) with an integer seed: θ⁰
+def asni(arch: Mapping, # get_model arguments (arch_for) with an integer seed: θ⁰
          data: str | Mapping, # a dataset name (cacheable) or splits
          alpha: float, # the pruned percentage the sigmoid rises to, in (0, 100)
          beta: float, # its midpoint as a fraction of the epochs, in [0, 1]
@@ -216,17 +216,17 @@ def asni(model: Mapping, # get_model arguments (model_for) with an integer seed:
          progress: bool = True,
         ) -> ASNIResult:
     "Algorithm 1: train by `recipe`, pruning globally by magnitude after every epoch along the sigmoid; centroids of the result."
-    model, recipe = check_model(model), as_recipe(recipe)
+    arch, recipe = check_arch(arch), as_recipe(recipe)
     plan = pruning_plan(recipe.epochs, alpha, beta, gamma, convention)
-    config = dict(model=model, data=data, alpha=alpha, beta=beta, gamma=gamma, recipe=recipe, seed=seed,
+    config = dict(model=arch, data=data, alpha=alpha, beta=beta, gamma=gamma, recipe=recipe, seed=seed,
                   convention=convention, exclude=list(exclude))
-    run = _asni_runner(model, data, recipe, plan, seed, exclude, progress)
+    run = _asni_runner(arch, data, recipe, plan, seed, exclude, progress)
     if cache and isinstance(data, str):
         r = cached_run("asni", config, run)
         t, info, hist, key, cached = r.tensors, r.info, r.history, f"{r.kind}-{r.key}", r.cached
     else:
         out = run(); t, info, hist, key, cached = out.tensors, out.info, out.history, None, False
-    ticket = Ticket(Mask(t["mask"]), t["weights"], model, hist, dict(alpha=alpha, beta=beta, gamma=gamma, convention=convention), key)
+    ticket = Ticket(Mask(t["mask"]), t["weights"], arch, hist, dict(alpha=alpha, beta=beta, gamma=gamma, convention=convention), key)
     return ASNIResult(ticket, t["init"], pd.DataFrame(info["centroids"]), list(info["plan"]), cached)
 
 # %% ../nbs/18_asni.ipynb #e445f3d6
@@ -273,7 +273,7 @@ def _variant_row(v: str, seed: int, net: nn.Module, hist: pd.DataFrame, key: str
                 **table2_counts(net), epochs=int(hist.epoch.max()), time_s=fit_seconds(hist), key=key)
 
 # %% ../nbs/18_asni.ipynb #154d4950
-def asni_variants(model: Mapping, # get_model arguments (model_for); its seed is set to each of `seeds`
+def asni_variants(arch: Mapping, # get_model arguments (arch_for); its seed is set to each of `seeds`
                   data: str | Mapping, # dataset name or splits
                   alpha: float, beta: float, gamma: float, # the sigmoid (Table 2)
                   recipe: Recipe | str | Mapping, # ASNI's training, and D's (Table 1)
@@ -295,7 +295,7 @@ def asni_variants(model: Mapping, # get_model arguments (model_for); its seed is
     for s, v in bar:
         bar.set_postfix_str(f"seed {s} {v}")
         if s not in results:
-            results[s] = asni(dict(model, seed=s), data, alpha, beta, gamma, recipe, seed=s, convention=convention,
+            results[s] = asni(dict(arch, seed=s), data, alpha, beta, gamma, recipe, seed=s, convention=convention,
                               exclude=exclude, cache=cache, progress=False)
         net, hist, key = _variant_run(results[s], v, data, recipe if v == "D" else retrain, s, cache)
         trained[(v, s)] = plain_state(net)
@@ -412,7 +412,7 @@ class ASNISweep:
 def _asni_row(cfg: Mapping, name: str, seeds: Sequence[int], variants: Sequence[str], progress: bool = False) -> ASNIVariants:
     "`asni_variants` of one row of the preset."
     r = cfg["networks"][name]
-    return asni_variants(model_for(r["data"], r["model"], **r["options"]), r["data"], r["alpha"], r["beta"], r["gamma"], r["recipe"],
+    return asni_variants(arch_for(r["data"], r["model"], **r["options"]), r["data"], r["alpha"], r["beta"], r["gamma"], r["recipe"],
                          seeds=seeds, variants=variants, retrain=r["retrain"], convention=cfg["convention"], progress=progress)
 
 def _asni_unit(u: dict) -> ASNIVariants: return _asni_row(**u)

@@ -15,7 +15,7 @@ from torch import nn
 from .masks import Mask, check_density, keep_count, random_mask
 from .models import count_parameters, get_model, prunable_layers, prunable_weights
 from .runs import run_hash
-from .tickets import check_model, Ticket
+from .tickets import check_arch, Ticket
 
 CACHE_VERSION = 1  # bump when smart_ratio_ticket changes the ticket a configuration gives
 
@@ -135,7 +135,7 @@ def smart_ratio_mask(model: nn.Module, # any model
     return random_mask(shapes, ratios, seed=seed)
 
 # %% ../nbs/12_baselines.ipynb #e446f331
-def smart_ratio_ticket(model: Mapping, # get_model arguments with an integer seed (e.g. model_for(data, name, seed=0, init="kaiming_normal"))
+def smart_ratio_ticket(arch: Mapping, # get_model arguments with an integer seed (e.g. arch_for(data, name, seed=0, init="kaiming_normal"))
                        density: float, # kept fraction of the prunable weights
                        family: str = "resnet", # "resnet", "mobilenet" or "vgg"
                        linear_keep: float = 0.3,
@@ -143,20 +143,20 @@ def smart_ratio_ticket(model: Mapping, # get_model arguments with an integer see
                        exclude: Sequence[str] = (),
                        linear: Sequence[str] | None = None,
                       ) -> Ticket:
-    "A Smart-Ratio random ticket of the network `model`: its mask and initial weights, with a cache key."
-    model = check_model(model)
-    net = get_model(**model)
+    "A Smart-Ratio random ticket of the network `arch`: its mask and initial weights, with a cache key."
+    arch = check_arch(arch)
+    net = get_model(**arch)
     mask = smart_ratio_mask(net, density, family, linear_keep, seed, exclude, linear)
-    config = dict(model=dict(model), density=density, family=family, linear_keep=linear_keep, seed=seed,
+    config = dict(model=dict(arch), density=density, family=family, linear_keep=linear_keep, seed=seed,
                   exclude=list(exclude) if not isinstance(exclude, str) else [exclude], linear=None if linear is None else list(linear))
     info = dict(algorithm="smart_ratio", density=mask.density, family=family)
-    return Ticket(mask, net.state_dict(), dict(model), info=info, key=f"sr-{run_hash('sr', config, CACHE_VERSION)}")
+    return Ticket(mask, net.state_dict(), dict(arch), info=info, key=f"sr-{run_hash('sr', config, CACHE_VERSION)}")
 
 # %% ../nbs/12_baselines.ipynb #460525f3
 @dataclass(frozen=True)
 class SmallDense:
     "A small dense network matched to a sparse one: its get_model arguments, and both parameter counts."
-    model: dict       # get_model(**model) builds it (with `width`)
+    arch: dict        # get_model(**arch) builds it (with `width`)
     width: float
     params: int       # its parameters
     target: int       # the sparse network's: kept prunable weights + every unpruned parameter

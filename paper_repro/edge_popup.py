@@ -17,7 +17,7 @@ from .models import get_model
 from .runs import CHECKPOINT, cached_run
 from .recipes import as_recipe, Recipe, RECIPES
 from .train import fit, last_value
-from .tickets import check_model, Ticket
+from .tickets import check_arch, Ticket
 
 # %% auto #0
 __all__ = ['CACHE_VERSION', 'SCORE_INITS', 'edge_popup']
@@ -36,36 +36,36 @@ def _score_recipe(recipe: Recipe | str | Mapping) -> Recipe:
     return recipe
 
 # %% ../nbs/11_edge_popup.ipynb #2e1f2727
-def _searched_ticket(net: nn.Module, spec: Mapping, density: float, hist: pd.DataFrame) -> Ticket:
+def _searched_ticket(net: nn.Module, arch: Mapping, density: float, hist: pd.DataFrame) -> Ticket:
     "Edge-Popup's result from the searched network `net` (its history `hist`)."
     mask = get_mask(net).to("cpu")
     info = dict(density=density, kept={n: int(t.sum()) for n, t in mask.items()},
                 size={n: t.numel() for n, t in mask.items()}, test_acc=last_value(hist))
     scores = {n: l.scores.detach().to("cpu", copy=True) for n, l in masked_layers(net).items()}
-    return Ticket(mask, plain_state(net), spec, hist, info, extras=dict(scores=scores))
+    return Ticket(mask, plain_state(net), arch, hist, info, extras=dict(scores=scores))
 
 # %% ../nbs/11_edge_popup.ipynb #f7958592
-def edge_popup(model: Mapping, # get_model arguments (e.g. `model_for(data, name, ...)`); init defaults to "signed_constant"
+def edge_popup(arch: Mapping, # get_model arguments (e.g. `arch_for(data, name, ...)`); init defaults to "signed_constant"
                data: str | Mapping, # a dataset name (cacheable) or a dict of splits with "train"
                density: float, # the kept fraction of every prunable layer, in (0, 1]
                recipe: Recipe | str | Mapping = "ep-cpu", # trains="scores"; its weight decay applies to the scores
                scores: str = "kaiming_uniform", # score initialisation: "kaiming_uniform" (a=√5, Edge-Popup's) or "uniform" U[0,1]
-               seed: int = 0, # scores, batch order (and the weights, unless `model` sets its own seed)
+               seed: int = 0, # scores, batch order (and the weights, unless `arch` sets its own seed)
                cache: bool = True, # use the run cache (when `data` is a name)
                progress: bool = True, # a progress bar over the iterations
               ) -> Ticket:
     "Edge-Popup: learn per-layer top-k masks over frozen random weights; return the ticket (mask, initial weights, history)."
     density = check_density(density)
-    if not isinstance(model, Mapping): check_model(model)         # the error for a non-dict
+    if not isinstance(arch, Mapping): check_arch(arch)           # the error for a non-dict
     if scores not in SCORE_INITS: raise ValueError(f"scores={scores!r}: use one of {', '.join(map(repr, SCORE_INITS))}")
     recipe = _score_recipe(recipe)
-    spec = check_model({"init": "signed_constant", "seed": seed, **model})
-    net = to_masked(get_model(**spec), rule="topk", density=density, scores=scores, seed=seed)  # checks every layer keeps ≥ 1
+    arch = check_arch({"init": "signed_constant", "seed": seed, **arch})
+    net = to_masked(get_model(**arch), rule="topk", density=density, scores=scores, seed=seed)  # checks every layer keeps ≥ 1
 
     def search(config=None, workdir: Path | None = None) -> Ticket:
         hist = fit(net, data, recipe, seed=seed, progress=progress, checkpoint=None if workdir is None else workdir/CHECKPOINT)
-        return _searched_ticket(net, spec, density, hist)
+        return _searched_ticket(net, arch, density, hist)
 
     if not (cache and isinstance(data, str)): return search()
-    config = dict(model=spec, data=data, density=density, recipe=recipe, scores=scores, seed=seed)
+    config = dict(model=arch, data=data, density=density, recipe=recipe, scores=scores, seed=seed)
     return Ticket.from_run(cached_run("edge_popup", config, lambda c, w: search(c, w).to_result()))

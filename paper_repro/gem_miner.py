@@ -20,7 +20,7 @@ from .models import get_model
 from .runs import CHECKPOINT, Result, cached_run
 from .recipes import as_recipe, get_recipe, Recipe, RECIPES
 from .train import Callback, evaluate, fit, FitState
-from .tickets import check_model, finetune, model_for, Ticket
+from .tickets import check_arch, finetune, arch_for, Ticket
 
 CACHE_VERSION = 1
 
@@ -110,7 +110,7 @@ def _check_mining(density: float | None, lam: float, period: int, recipe: Recipe
         raise ValueError(f"period={period!r}: freeze every 1..{recipe.epochs} epochs (the recipe has {recipe.epochs})")
 
 # %% ../nbs/10_gem_miner.ipynb #a6fb934b
-def _mined_ticket(net: nn.Module, miner: Miner, model: Mapping, density: float | None, lam: float, unflag: bool, data: str,
+def _mined_ticket(net: nn.Module, miner: Miner, arch: Mapping, density: float | None, lam: float, unflag: bool, data: str,
                   hist: pd.DataFrame) -> Ticket:
     "GEM-MINER's result from the mined network `net` (its callback `miner`, its history `hist`)."
     layers = masked_layers(net)
@@ -122,10 +122,10 @@ def _mined_ticket(net: nn.Module, miner: Miner, model: Mapping, density: float |
                 collapse_epoch=min(miner.collapsed) if miner.collapsed else None,
                 pre_finetune_acc=final["acc"], pre_finetune_loss=final["loss"])
     extras = dict(scores={n: l.scores.detach().cpu().clone() for n, l in layers.items()}, frozen=q.state_dict())
-    return Ticket(mask, plain_state(net), dict(model), hist, info, extras=extras)
+    return Ticket(mask, plain_state(net), dict(arch), hist, info, extras=extras)
 
 # %% ../nbs/10_gem_miner.ipynb #ca9d1c65
-def gem_miner(model: Mapping, # get_model arguments, e.g. model_for("fashion-mnist", "lenet-300-100", init="signed_constant")
+def gem_miner(arch: Mapping, # get_model arguments, e.g. arch_for("fashion-mnist", "lenet-300-100", init="signed_constant")
               data: str, # dataset name
               density: float | None, # target s; None = GEM-MINER(0)-style mining without freezing
               lam: float, # regularisation weight λ
@@ -139,21 +139,21 @@ def gem_miner(model: Mapping, # get_model arguments, e.g. model_for("fashion-mni
               cache: bool = True, # through the run cache (`07_runs`)
               progress: bool = True,
              ) -> Ticket:
-    "Mine a sparse mask of the frozen network `model` with GEM-MINER(λ) (Algorithm 1); return it as a Ticket."
+    "Mine a sparse mask of the frozen network `arch` with GEM-MINER(λ) (Algorithm 1); return it as a Ticket."
     recipe = as_recipe(recipe).replace(trains="scores")
     _check_mining(density, lam, period, recipe)
     reg = score_regularizer(lam, regularizer)
     schedule = freezing_events(recipe.epochs, period, density, events)
-    model = check_model(model)
-    config = dict(model=dict(model), data=data, density=density, lam=lam, recipe=recipe, period=period,
+    arch = check_arch(arch)
+    config = dict(model=dict(arch), data=data, density=density, lam=lam, recipe=recipe, period=period,
                   regularizer=regularizer, seed=seed, events=events, unflag=unflag, invert=invert)
 
     def mine(config, workdir=None):
-        net = to_masked(get_model(**model), rule="round", scores="uniform", seed=seed)
+        net = to_masked(get_model(**arch), rule="round", scores="uniform", seed=seed)
         miner = Miner(schedule, recipe.epochs, density, invert)
         hist = fit(net, data, recipe, extra_loss={"score_reg": reg}, callbacks=[miner], seed=seed, progress=progress,
                    checkpoint=None if workdir is None else workdir/CHECKPOINT)
-        return _mined_ticket(net, miner, model, density, lam, unflag, data, hist)
+        return _mined_ticket(net, miner, arch, density, lam, unflag, data, hist)
 
     if not cache: return mine(config)
     run = cached_run("gem_miner", config, lambda c, w: mine(c, w).to_result())

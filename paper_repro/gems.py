@@ -27,7 +27,7 @@ from .runs import STATS, run_counts
 from .sanity import sanity_check
 from .recipes import as_recipe, Recipe, RECIPES
 from .train import evaluate, fit_seconds, last_value
-from .tickets import finetune, model_for, Ticket
+from .tickets import finetune, arch_for, Ticket
 
 # %% auto #0
 __all__ = ['INVERSIONS', 'METHODS', 'SANITY', 'LABELS', 'gems_network', 'GemsSpec', 'GemsSweep', 'gems_sweep', 'sparse_regime',
@@ -215,9 +215,9 @@ class _Point:
     @property
     def ids(self) -> dict: return dict(network=self.name, target=self.target, seed=self.seed)
     @property
-    def spec(self) -> dict: return model_for(self.data, self.net["model"], seed=self.seed, **self.net["options"])
+    def arch(self) -> dict: return arch_for(self.data, self.net["model"], seed=self.seed, **self.net["options"])
     @property
-    def plain(self) -> dict: return {**self.spec, "init": self.net["imp"]["init"]}
+    def plain(self) -> dict: return {**self.arch, "init": self.net["imp"]["init"]}
 
     def record(self, method: str, ticket: Ticket, pre: float, hist: pd.DataFrame, epochs: int, seconds: float, **extra):
         "A summary row (accuracy before and after training, cost) and the mask's per-layer counts."
@@ -237,7 +237,7 @@ def _gm(p: _Point, sanity: bool, inversion: str = "mining"):
     mine = g["mine"].replace(lr=g["lr"][i])
     ft = p.net["finetune"]["recipe"].replace(lr=p.net["finetune"]["lr"][i])
     kw = dict(period=g["period"][i], events=g["events"], seed=p.seed, progress=False)
-    gm = gem_miner(p.spec, p.data, p.target, g["lam"][i], mine, **kw)
+    gm = gem_miner(p.arch, p.data, p.target, g["lam"][i], mine, **kw)
     _, h = finetune(gm, p.data, ft, seed=p.seed, progress=False)
     p.record("GM", gm, gm.info["pre_finetune_acc"], h, mine.epochs + ft.epochs, fit_seconds(gm.history) + fit_seconds(h),
              lam=g["lam"][i], collapsed=len(gm.info["collapsed"]))
@@ -252,7 +252,7 @@ def _sanity(p: _Point, gm: Ticket, mine: Recipe, ft: Recipe, kw: dict, inversion
         if check == "invert" and inversion == "mining":   # its own mining run: freezing keeps the lowest scores; mask q
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", "layer collapse")   # expected: r(p) ⊙ q empties, the mask is q (see above)
-                t = gem_miner(p.spec, p.data, p.target, p.net["gm"]["lam"][p.i], mine, invert=True, unflag=True, **kw)
+                t = gem_miner(p.arch, p.data, p.target, p.net["gm"]["lam"][p.i], mine, invert=True, unflag=True, **kw)
             epochs, seconds = mine.epochs, fit_seconds(t.history)
         else: t = sanity_check(gm, check, seed=p.seed)
         _, h = finetune(t, p.data, ft, seed=p.seed, progress=False)
@@ -282,7 +282,7 @@ def _dense(p: _Point):
 def _ep(p: _Point):
     "Edge-Popup at the target density in every layer, then finetuned."
     r, ft = p.net["ep"]["recipe"], p.net["ep"]["finetune"]
-    ep = edge_popup(p.spec, p.data, p.target, r, seed=p.seed, progress=False)
+    ep = edge_popup(p.arch, p.data, p.target, r, seed=p.seed, progress=False)
     _, h = finetune(ep, p.data, ft, seed=p.seed, progress=False)
     p.record("EP", ep, evaluate(ep.network(), p.test)["acc"], h, r.epochs + ft.epochs, fit_seconds(ep.history) + fit_seconds(h))
 
@@ -290,7 +290,7 @@ def _ep(p: _Point):
 def _sr(p: _Point):
     "A Smart-Ratio random ticket of the plain network, trained."
     sr, r = p.net["sr"], p.net["sr"]["recipe"]
-    t = smart_ratio_ticket({**p.spec, "init": sr["init"]}, p.target, sr["family"], seed=p.seed, linear=sr["linear"])
+    t = smart_ratio_ticket({**p.arch, "init": sr["init"]}, p.target, sr["family"], seed=p.seed, linear=sr["linear"])
     _, h = finetune(t, p.data, r, seed=p.seed, progress=False)
     p.record("SR", t, evaluate(t.network(), p.test)["acc"], h, r.epochs, fit_seconds(h))
 

@@ -23,7 +23,7 @@ from .models import count_parameters, get_model, prunable_weights
 from .runs import CHECKPOINT, STATS, Result, Run, cached_run, run_counts, run_hash
 from .recipes import as_recipe, Recipe, RECIPES
 from .train import as_splits, evaluate, fit, fit_seconds, last_value, Snapshot
-from .tickets import check_model, finetune, Ticket
+from .tickets import check_arch, finetune, Ticket
 
 # %% auto #0
 __all__ = ['CACHE_VERSION', 'VARIANTS', 'imp_rounds', 'imp_schedule', 'imp_counts', 'imp_prune', 'round_recipe', 'tail_recipe',
@@ -131,12 +131,12 @@ def _plain_state(model: nn.Module, keys) -> dict[str, torch.Tensor]:
     return {k: state[k].detach().to("cpu", copy=True) for k in keys}
 
 # %% ../nbs/13_imp.ipynb #9af5b7f9
-def rewound(model: dict, # get_model arguments
+def rewound(arch: dict, # get_model arguments
             state: Mapping[str, torch.Tensor], # the rewind point: a state dict of the plain architecture
             mask: Mask,
            ) -> nn.Module:
     "The network a round trains from: every tensor of the rewind point, the prunable weights times `mask`."
-    net = get_model(**model)
+    net = get_model(**arch)
     net.load_state_dict(state)
     return apply_mask(net, mask)
 
@@ -149,7 +149,7 @@ class IMPResult:
     history: pd.DataFrame    # round, epoch, split, metric, value, density, lr, time (epoch 0: the round's starting network)
     pre_finetune_acc: float  # test accuracy of the ticket's network before any training
     runs: list = field(default_factory=list)  # per trained round: a Run (cached) or Result, tensors mask, state (+ init, rewind)
-    model: dict = field(default_factory=dict)
+    arch: dict = field(default_factory=dict)   # get_model arguments
 
     def __repr__(self):
         return (f"IMPResult({len(self.runs)} trained rounds, ticket density {self.ticket.density:.4%}, "
@@ -173,18 +173,18 @@ class IMPResult:
         return self.runs[r].tensors["state"]
     def network(self, r: int) -> nn.Module:
         "Round r's trained network, under its mask."
-        return rewound(self.model, self.state(r), self.mask(r))
+        return rewound(self.arch, self.state(r), self.mask(r))
     def level(self, r: int) -> Ticket:
         "The ticket of IMP level r: round r's mask on the rewind point (r = the number of trained rounds: `ticket`)."
         if r == len(self.runs): return self.ticket
         if isinstance(r, bool) or not isinstance(r, int) or not 0 <= r < len(self.runs):
             raise ValueError(f"r={r!r}: this IMP has levels 0 … {len(self.runs)}")
         run = self.runs[r]
-        return Ticket(self.mask(r), self.rewind_state, self.model, run.history, dict(run.info),
+        return Ticket(self.mask(r), self.rewind_state, self.arch, run.history, dict(run.info),
                       key=f"{run.kind}-{run.key}" if isinstance(run, Run) else None)
     def start(self, r: int) -> nn.Module:
         "The network round r trained from: the initialisation (r = 0), else the rewind point under round r's mask."
-        return rewound(self.model, self.init_state if r == 0 else self.rewind_state, self.mask(r))
+        return rewound(self.arch, self.init_state if r == 0 else self.rewind_state, self.mask(r))
 
 # %% ../nbs/13_imp.ipynb #3d364850
 def _imp_splits(data, cache: bool) -> dict[str, DataSplit]:
@@ -223,13 +223,13 @@ def _check_round_loss(round_loss):
 def _run_key(run) -> str:
     return f"{run.kind}-{run.key}"
 
-def _check_source(source, model, ones, counts, cache) -> IMPResult | None:
+def _check_source(source, arch, ones, counts, cache) -> IMPResult | None:
     "`masks_from`, checked: an IMP of the same architecture, pruned tensors and schedule (cached when this one is)."
     if source is None: return None
     if not isinstance(source, IMPResult): raise ValueError(f"masks_from={type(source).__name__}: give the IMPResult whose masks to train")
-    other = {k: v for k, v in source.model.items() if k != "seed"}
-    if other != {k: v for k, v in model.items() if k != "seed"}:
-        raise ValueError(f"masks_from is an IMP of {source.model}, another architecture than {model}")
+    other = {k: v for k, v in source.arch.items() if k != "seed"}
+    if other != {k: v for k, v in arch.items() if k != "seed"}:
+        raise ValueError(f"masks_from is an IMP of {source.arch}, another architecture than {arch}")
     if list(source.mask(0)) != list(ones) or [len(source.runs), source.ticket.mask.nonzeros] != [max(len(counts) - 1, 1), counts[-1]]:
         raise ValueError(f"masks_from trained {len(source.runs)} rounds to {source.ticket.mask.nonzeros} weights over "
                          f"{list(source.mask(0))}; this IMP needs {max(len(counts) - 1, 1)} rounds to {counts[-1]} over {list(ones)}: "
@@ -241,26 +241,26 @@ def _check_source(source, model, ones, counts, cache) -> IMPResult | None:
 @dataclass
 class _IMPSetup:
     "One `imp` call's checked arguments and what its rounds share."
-    model: dict; splits: dict; recipe: Recipe; density: float; fraction: float; rewind: int; seed: int
+    arch: dict; splits: dict; recipe: Recipe; density: float; fraction: float; rewind: int; seed: int
     ones: Mask; keys: list; counts: list; keep: list; base: dict; round_loss: object; source: IMPResult | None
 
-def _imp_setup(model, data, density, recipe, rewind, epochs_per_round, fraction, seed, exclude, keep_epochs, round_loss,
+def _imp_setup(arch, data, density, recipe, rewind, epochs_per_round, fraction, seed, exclude, keep_epochs, round_loss,
                masks_from, cache) -> _IMPSetup:
     "`imp`'s arguments, checked in order, and the rounds' shared configuration (`base`)."
-    density, fraction, model = check_density(density), _check_fraction(fraction), check_model(model)
+    density, fraction, arch = check_density(density), _check_fraction(fraction), check_arch(arch)
     rr, splits = round_recipe(recipe, epochs_per_round), _imp_splits(data, cache)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0: raise ValueError(f"seed={seed!r}: use an integer >= 0")
-    net0 = get_model(**model)
+    net0 = get_model(**arch)
     ones, keys = Mask.ones(net0, exclude), list(net0.state_dict())
     if not len(ones): raise ValueError(f"exclude={exclude!r} leaves no tensor to prune")
     counts = imp_counts(ones.size, density, fraction)
     rewind = _check_rewind(rewind, rr, math.ceil(len(splits["train"].y)/rr.batch_size))
     keep = _check_keep_epochs(keep_epochs, rr)
-    base = dict(model=model, data=data if isinstance(data, str) else None, recipe=rr, rewind=rewind, fraction=fraction,
+    base = dict(model=arch, data=data if isinstance(data, str) else None, recipe=rr, rewind=rewind, fraction=fraction,
                 exclude=[n for n in prunable_weights(net0) if n not in ones], seed=seed)
     round_loss = _check_round_loss(round_loss)
-    source = _check_source(masks_from, model, ones, counts, cache)
-    return _IMPSetup(model, splits, rr, density, fraction, rewind, seed, ones, keys, counts, keep, base, round_loss, source)
+    source = _check_source(masks_from, arch, ones, counts, cache)
+    return _IMPSetup(arch, splits, rr, density, fraction, rewind, seed, ones, keys, counts, keep, base, round_loss, source)
 
 # %% ../nbs/13_imp.ipynb #99c4f747
 def _round_config(s: _IMPSetup, r: int, cache: bool) -> dict:
@@ -273,12 +273,12 @@ def _round_config(s: _IMPSetup, r: int, cache: bool) -> dict:
 # %% ../nbs/13_imp.ipynb #1339a1ef
 def _round_start(s: _IMPSetup, r: int, get_round) -> tuple[Mask, nn.Module]:
     "Round r's mask and the network it trains from."
-    if r == 0: return s.ones, get_model(**s.model)
+    if r == 0: return s.ones, get_model(**s.arch)
     if s.source is not None: mask = s.source.mask(r)
     else:
         prev = get_round(r - 1)
         mask = imp_prune(Mask(prev.tensors["mask"]), prev.tensors["state"], s.density, s.fraction)
-    return mask, rewound(s.model, get_round(0).tensors["rewind"], mask)
+    return mask, rewound(s.arch, get_round(0).tensors["rewind"], mask)
 
 # %% ../nbs/13_imp.ipynb #c680d13c
 def _round_info(r: int, mask: Mask, recipe: Recipe, pre: Mapping, hist: pd.DataFrame) -> dict:
@@ -329,16 +329,16 @@ def _imp_result(s: _IMPSetup, runs: list, cache: bool) -> IMPResult:
     last = runs[-1]
     if s.source is not None: final = s.source.ticket.mask
     else: final = imp_prune(Mask(last.tensors["mask"]), last.tensors["state"], s.density, s.fraction) if len(s.counts) > 1 else s.ones
-    pre = evaluate(rewound(s.model, runs[0].tensors["rewind"], final).to(get_device()), s.splits["test"])
+    pre = evaluate(rewound(s.arch, runs[0].tensors["rewind"], final).to(get_device()), s.splits["test"])
     hist = _history(runs)
     info = dict(algorithm="imp", density=final.density, kept=final.nonzeros, prunings=len(s.counts) - 1, rewind=s.rewind,
                 epochs_per_round=s.recipe.epochs, fraction=s.fraction, pre_finetune_loss=pre["loss"], pre_finetune_acc=pre["acc"])
-    ticket = Ticket(final, runs[0].tensors["rewind"], s.model, hist, info, key=_ticket_key(s) if cache else None)
+    ticket = Ticket(final, runs[0].tensors["rewind"], s.arch, hist, info, key=_ticket_key(s) if cache else None)
     table = pd.DataFrame([dict(run.info, cached=bool(getattr(run, "cached", False))) for run in runs])
-    return IMPResult(table, ticket, hist, pre["acc"], runs, s.model)
+    return IMPResult(table, ticket, hist, pre["acc"], runs, s.arch)
 
 # %% ../nbs/13_imp.ipynb #47778e88
-def imp(model: Mapping, # get_model arguments (from model_for), with an integer seed
+def imp(arch: Mapping, # get_model arguments (from arch_for), with an integer seed
         data: str | Mapping[str, DataSplit], # dataset name (cacheable), or 'train'/'test' splits with cache=False
         density: float, # target kept fraction d, in (0, 1]
         recipe: Recipe | str | Mapping, # training recipe (e.g. "imp-resnet20")
@@ -355,7 +355,7 @@ def imp(model: Mapping, # get_model arguments (from model_for), with an integer 
         root: str | Path | None = None, # run cache root (default outputs/runs)
        ) -> IMPResult:
     "Iterative magnitude pruning to `density` with rewinding: trained rounds, per-round masks and states, and the ticket."
-    s = _imp_setup(model, data, density, recipe, rewind, epochs_per_round, fraction, seed, exclude, keep_epochs, round_loss,
+    s = _imp_setup(arch, data, density, recipe, rewind, epochs_per_round, fraction, seed, exclude, keep_epochs, round_loss,
                    masks_from, cache)
     runs: dict[int, Run | Result] = {}
 
@@ -399,9 +399,9 @@ def reinitialised(ticket: Ticket, # its mask is kept
                   tag: str | None = None, # the key's suffix (default 'rr-<seed>')
                  ) -> Ticket:
     "The ticket's mask on a fresh initialisation θ′₀: the same architecture and scheme with another seed (RR)."
-    spec = {**ticket.model, "seed": seed, **({"init": init} if init else {})}
-    if spec == ticket.model: raise ValueError(f"seed={seed} is the ticket's own seed: a reinitialisation needs another")
-    return ticket.replace(tag or f"rr-{seed}", weights=get_model(**spec).state_dict(), model=spec)
+    arch = {**ticket.arch, "seed": seed, **({"init": init} if init else {})}
+    if arch == ticket.arch: raise ValueError(f"seed={seed} is the ticket's own seed: a reinitialisation needs another")
+    return ticket.replace(tag or f"rr-{seed}", weights=get_model(**arch).state_dict(), arch=arch)
 
 # %% ../nbs/13_imp.ipynb #ca55ad3e
 @dataclass(repr=False)
@@ -436,11 +436,11 @@ def _masked(state: Mapping[str, torch.Tensor], mask: Mask) -> dict[str, torch.Te
 @dataclass(frozen=True)
 class _SanityPlan:
     "One `lottery_sanity` call's checked arguments."
-    model: dict; recipe: Recipe; variants: list; levels: list; t: int; tail: Recipe | None; rr_seed: int; exclude: Sequence[str]
+    arch: dict; recipe: Recipe; variants: list; levels: list; t: int; tail: Recipe | None; rr_seed: int; exclude: Sequence[str]
 
-def _sanity_plan(model, data, densities, recipe, variants, rewind_epoch, rr_seed, fraction, exclude) -> _SanityPlan:
+def _sanity_plan(arch, data, densities, recipe, variants, rewind_epoch, rr_seed, fraction, exclude) -> _SanityPlan:
     "`lottery_sanity`'s arguments, checked in order: the IMP levels, t (default 5% of T), WR's tail recipe, θ′₀'s seed."
-    model, recipe, variants = check_model(model), as_recipe(recipe), _check_variants(variants)
+    arch, recipe, variants = check_arch(arch), as_recipe(recipe), _check_variants(variants)
     if not isinstance(data, str): raise ValueError(f"data={type(data).__name__}: give a dataset name (every training here is a cached run)")
     levels = sorted({imp_level(d, fraction) for d in ([densities] if isinstance(densities, (int, float)) else densities)})
     if not levels or levels[0] == 0: raise ValueError(f"densities={densities!r}: give densities below 1 (the dense network is always in the table)")
@@ -450,9 +450,9 @@ def _sanity_plan(model, data, densities, recipe, variants, rewind_epoch, rr_seed
         raise ValueError(f"rewind_epoch={t!r}: weight rewinding restarts from the dense network after epoch t of T = {T} "
                          f"and trains T - t epochs; use an integer 1 <= t < {T}")
     tail = tail_recipe(recipe, t) if {"WR-IMP", "WR-OMP"} & set(variants) else None
-    rr_seed = model["seed"] + 1 if rr_seed is None else rr_seed
-    if rr_seed == model["seed"]: raise ValueError(f"rr_seed={rr_seed} is the model's own seed: random reinitialisation needs another")
-    return _SanityPlan(model, recipe, variants, levels, t, tail, rr_seed, exclude)
+    rr_seed = arch["seed"] + 1 if rr_seed is None else rr_seed
+    if rr_seed == arch["seed"]: raise ValueError(f"rr_seed={rr_seed} is the arch's own seed: random reinitialisation needs another")
+    return _SanityPlan(arch, recipe, variants, levels, t, tail, rr_seed, exclude)
 
 # %% ../nbs/13_imp.ipynb #03be2078
 def _sanity_row(variant: str, r: int, ticket: Ticket, hist: pd.DataFrame, pre: float, epochs: int, start: str, **extra) -> dict:
@@ -483,12 +483,12 @@ class _SanityRuns:
         self.add(variant, r, ticket, net.state_dict(), hist, evaluate(ticket.network(), self.test)["acc"], recipe.epochs, start, **extra)
 
 # %% ../nbs/13_imp.ipynb #4ff0ec43
-def _small_dense_ticket(model: dict, density: float, exclude: Sequence[str]) -> tuple[Ticket, SmallDense]:
-    "The small dense network matched to `model` at `density` (`baselines.small_dense`), as a ticket to train."
-    opts = {k: v for k, v in model.items() if k != "name"}
-    sd = small_dense(model["name"], density, exclude, **opts)
-    net = get_model(**sd.model)
-    return Ticket(Mask.ones(net), net.state_dict(), sd.model, key=f"init-{run_hash('init', sd.model)}", info=dict(width=sd.width)), sd
+def _small_dense_ticket(arch: dict, density: float, exclude: Sequence[str]) -> tuple[Ticket, SmallDense]:
+    "The small dense network matched to `arch` at `density` (`baselines.small_dense`), as a ticket to train."
+    opts = {k: v for k, v in arch.items() if k != "name"}
+    sd = small_dense(arch["name"], density, exclude, **opts)
+    net = get_model(**sd.arch)
+    return Ticket(Mask.ones(net), net.state_dict(), sd.arch, key=f"init-{run_hash('init', sd.arch)}", info=dict(width=sd.width)), sd
 
 # %% ../nbs/13_imp.ipynb #6e98a1b2
 def _sanity_level(out: _SanityRuns, p: _SanityPlan, chain: IMPResult, r: int, dense: Ticket, theta_t, unpruned: int):
@@ -499,13 +499,13 @@ def _sanity_level(out: _SanityRuns, p: _SanityPlan, chain: IMPResult, r: int, de
         out.add("LT-IMP", r, lt, chain.state(r), chain.runs[r].history, chain.runs[r].info["pre_acc"], p.recipe.epochs, "θ0", params=params)
     if "RR-IMP" in v: out.train("RR-IMP", r, reinitialised(lt, p.rr_seed), p.recipe, "θ0'", params=params)
     if "WR-IMP" in v: out.train("WR-IMP", r, lt.replace(f"wr-{t}", weights=theta_t), p.tail, f"θ{t}", params=params)
-    omp = Ticket(omp_mask(chain, kept), dense.weights, p.model, key=None if dense.key is None else f"{dense.key}/omp-{kept}",
+    omp = Ticket(omp_mask(chain, kept), dense.weights, p.arch, key=None if dense.key is None else f"{dense.key}/omp-{kept}",
                  info=dict(algorithm="omp", kept=kept))
     if "LT-OMP" in v: out.train("LT-OMP", r, omp, p.recipe, "θ0", params=params)
     if "RR-OMP" in v: out.train("RR-OMP", r, reinitialised(omp, p.rr_seed), p.recipe, "θ0'", params=params)
     if "WR-OMP" in v: out.train("WR-OMP", r, omp.replace(f"wr-{t}", weights=theta_t), p.tail, f"θ{t}", params=params)
     if "SD" in v:
-        ticket, sd = _small_dense_ticket(p.model, kept/chain.mask(0).size, p.exclude)
+        ticket, sd = _small_dense_ticket(p.arch, kept/chain.mask(0).size, p.exclude)
         out.train("SD", r, ticket, p.recipe, "θ0 (SD)", params=sd.params, target_params=sd.target, width=sd.width)
 
 # %% ../nbs/13_imp.ipynb #3fa1398c
@@ -518,25 +518,25 @@ def _sanity_table(rows: list[dict], fraction: float) -> pd.DataFrame:
     return table
 
 # %% ../nbs/13_imp.ipynb #e3b21189
-def lottery_sanity(model: Mapping, # get_model arguments (model_for), with an integer seed
+def lottery_sanity(arch: Mapping, # get_model arguments (arch_for), with an integer seed
                    data: str, # dataset name (every training is a cached run)
                    densities: Sequence[float], # IMP levels 0.8^r, r >= 1 (e.g. 0.41, 0.21, 0.086, 0.044)
                    recipe: Recipe | str | Mapping, # the one recipe every network trains with (T epochs)
                    variants: Sequence[str] = VARIANTS, # from VARIANTS; the dense network is always there
                    rewind_epoch: int | None = None, # t for WR (default: 5% of T, rounded, at least 1)
-                   rr_seed: int | None = None, # θ′₀'s seed (default: the model's seed + 1)
+                   rr_seed: int | None = None, # θ′₀'s seed (default: the arch's seed + 1)
                    fraction: float = 0.2, # IMP's pruned fraction per round
                    seed: int = 0, # batch order and augmentation of every training
                    exclude: Sequence[str] = (), # layers never pruned ('first', 'last', names)
                    progress: bool = True,
                   ) -> LotterySanity:
     "LT/RR × IMP/OMP, WR and the small dense network at the given densities, all trained with `recipe`."
-    p = _sanity_plan(model, data, densities, recipe, variants, rewind_epoch, rr_seed, fraction, exclude)
+    p = _sanity_plan(arch, data, densities, recipe, variants, rewind_epoch, rr_seed, fraction, exclude)
     stats0, out = dict(STATS), _SanityRuns(data, load_dataset(data, "test"), seed)
-    chain = imp(p.model, data, (1 - fraction)**(p.levels[-1] + 1), p.recipe, rewind=0, fraction=fraction, seed=seed,
+    chain = imp(p.arch, data, (1 - fraction)**(p.levels[-1] + 1), p.recipe, rewind=0, fraction=fraction, seed=seed,
                 exclude=exclude, keep_epochs=(p.t,), progress=progress)
     theta_t, ones = chain.epoch_state(p.t), chain.mask(0)
-    unpruned = count_parameters(get_model(**p.model)) - ones.size    # parameters no mask touches (biases, BatchNorm, excluded layers)
+    unpruned = count_parameters(get_model(**p.arch)) - ones.size    # parameters no mask touches (biases, BatchNorm, excluded layers)
     dense = chain.level(0)
     out.add("dense", 0, dense, chain.state(0), chain.runs[0].history, chain.runs[0].info["pre_acc"], p.recipe.epochs, "θ0")
     for r in tqdm(p.levels, desc="lottery sanity", unit="level", disable=not progress):

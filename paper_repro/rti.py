@@ -23,7 +23,7 @@ from .plots import plot_methods
 from . import runs
 from .runs import STATS, run_counts
 from .recipes import Recipe
-from .tickets import model_for
+from .tickets import arch_for
 
 # %% auto #0
 __all__ = ['SETTING', 'VARIANT_NAMES', 'REINIT_SEED', 'Optima', 'repulsion_loss', 'Repulsion', 'remaining_weights',
@@ -317,11 +317,11 @@ def _rti_chains(cfg: Mapping, s: Mapping, seed: int, variants: Sequence[str]) ->
     "IMP (and its reinitialisation control) of one setting and seed."
     net = cfg["networks"][cfg["model"]]
     loss = Repulsion(s["lam_r"], only_last=s["only_last"]) if s["lam_r"] else None
-    spec = model_for(net["data"], net["model"], seed=seed, **net["options"])
+    arch = arch_for(net["data"], net["model"], seed=seed, **net["options"])
     run = dict(data=net["data"], density=(1 - cfg["fraction"])**cfg["rounds"], recipe=sweep_recipe(cfg, s), fraction=cfg["fraction"],
                seed=seed, round_loss=loss, progress=False)
-    found = {"IMP": imp(spec, **run)}
-    if "reinit" in variants: found["reinit"] = imp({**spec, "seed": seed + REINIT_SEED}, masks_from=found["IMP"], **run)
+    found = {"IMP": imp(arch, **run)}
+    if "reinit" in variants: found["reinit"] = imp({**arch, "seed": seed + REINIT_SEED}, masks_from=found["IMP"], **run)
     return found
 
 # %% ../nbs/14_rti.ipynb #32c27c26

@@ -20,7 +20,7 @@ from . import runs
 from .runs import STATS, run_counts
 from .recipes import Recipe
 from .train import evaluate, last_value
-from .tickets import finetune, model_for, Ticket
+from .tickets import finetune, arch_for, Ticket
 
 # %% auto #0
 __all__ = ['CHECKS', 'JACKPOT_MODES', 'shuffle_check', 'reinit_check', 'invert_check', 'sanity_check', 'sanity_table',
@@ -60,7 +60,7 @@ def sanity_check(ticket: Ticket, check: str, seed: int = 0, **kw) -> Ticket:
     "One check by name: 'shuffle', 'reinit' or 'invert'."
     if check not in CHECKS: raise ValueError(f"check={check!r}: use one of {', '.join(map(repr, CHECKS))}")
     if check == "shuffle": return shuffle_check(ticket, seed)
-    if check == "reinit": return reinit_check(ticket, seed + 1 if seed == ticket.model.get("seed") else seed, **kw)
+    if check == "reinit": return reinit_check(ticket, seed + 1 if seed == ticket.arch.get("seed") else seed, **kw)
     return invert_check(ticket, seed, **kw)
 
 # %% ../nbs/16_sanity.ipynb #a3c0109e
@@ -332,8 +332,8 @@ def _lth_network(cfg: Mapping, name: str, lr: float, variants: Sequence[str], de
     "`lottery_sanity` of one network at one learning rate: its table (with `network` and `lr`) and its R_p rows."
     net = cfg["networks"][name]
     ds = net[densities] if isinstance(densities, str) else list(densities)
-    spec = model_for(cfg["data"], net["model"], seed=cfg["seed"], **net["options"])
-    ls = lottery_sanity(spec, cfg["data"], ds, Recipe(**net["recipe"]).replace(lr=lr), variants=variants, rewind_epoch=cfg["rewind_epoch"],
+    arch = arch_for(cfg["data"], net["model"], seed=cfg["seed"], **net["options"])
+    ls = lottery_sanity(arch, cfg["data"], ds, Recipe(**net["recipe"]).replace(lr=lr), variants=variants, rewind_epoch=cfg["rewind_epoch"],
                         rr_seed=cfg["rr_seed"], seed=cfg["seed"], exclude=net["exclude"], progress=False)
     return ls.table.assign(network=name, lr=lr), _correlations(ls, name, lr, cfg["ps"])
 

@@ -21,30 +21,30 @@ from .runs import Result, Run, cached_run
 from .train import fit
 
 # %% auto #0
-__all__ = ['model_for', 'check_model', 'Ticket', 'finetune']
+__all__ = ['arch_for', 'check_arch', 'Ticket', 'finetune']
 
 # %% ../nbs/08_tickets.ipynb #f5d29599
-def model_for(data: str, name: str, **options) -> dict:
+def arch_for(data: str, name: str, **options) -> dict:
     "get_model arguments for `name` on dataset `data` (channels, input size and classes from the registry)."
     c, h, _ = get_info(data).input_shape
     return dict(name=name, num_classes=get_info(data).num_classes, in_channels=c, input_size=h, **options)
 
-def check_model(model) -> dict:
-    "`model` as get_model arguments (a dict with a name and an integer seed: a cached or resumed run must rebuild the same weights)."
-    if not isinstance(model, Mapping) or "name" not in model:
-        raise ValueError(f"model={model!r:.80}: use get_model arguments as a dict, e.g. model_for('digits', 'lenet-300-100', seed=0)")
-    seed = model.get("seed")
+def check_arch(arch) -> dict:
+    "`arch` as get_model arguments (a dict with a name and an integer seed: a cached or resumed run must rebuild the same weights)."
+    if not isinstance(arch, Mapping) or "name" not in arch:
+        raise ValueError(f"arch={arch!r:.80}: use get_model arguments as a dict, e.g. arch_for('digits', 'lenet-300-100', seed=0)")
+    seed = arch.get("seed")
     if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"model['seed']={seed!r}: give an integer seed (model_for(..., seed=0)) so that every run of it, "
+        raise ValueError(f"arch['seed']={seed!r}: give an integer seed (arch_for(..., seed=0)) so that every run of it, "
                          "cached or resumed, rebuilds the same initialisation")
-    return dict(model)
+    return dict(arch)
 
 @dataclass
 class Ticket:
     "A mask, the weights to train it from, the architecture that reads them, and how it was found."
     mask: Mask
     weights: dict[str, torch.Tensor]  # state dict of the plain architecture (the mask is applied when it is built)
-    model: dict                       # get_model(**model) builds the architecture
+    arch: dict                        # get_model(**arch) builds the architecture
     history: pd.DataFrame = field(default_factory=pd.DataFrame)
     info: dict = field(default_factory=dict)
     key: str | None = None            # provenance: the run that found it (+ transformations); None: not cacheable
@@ -55,25 +55,25 @@ class Ticket:
 
     def network(self) -> nn.Module:
         "The architecture with these weights, under this fixed mask (a new model every call)."
-        model = get_model(**self.model)
-        model.load_state_dict(self.weights)
-        return apply_mask(model, self.mask)
+        net = get_model(**self.arch)
+        net.load_state_dict(self.weights)
+        return apply_mask(net, self.mask)
 
     def replace(self, tag: str, **changes) -> Ticket:
         "A copy with `changes` (mask, weights, ...), its key extended by `tag` (e.g. 'shuffle-seed0')."
         return dataclasses.replace(self, key=None if self.key is None else f"{self.key}/{tag}", **changes)
 
     def to_result(self) -> Result:
-        "For `cached_run`: mask and weights as tensors, the model and info as JSON."
+        "For `cached_run`: mask and weights as tensors, the arch and info as JSON (the arch under 'model', as caches hold it)."
         return Result(self.history, dict(mask=self.mask.state_dict(), weights=self.weights, extras=self.extras),
-                      dict(self.info, model=self.model))
+                      dict(self.info, model=self.arch))
 
     @classmethod
     def from_run(cls, run: Run) -> Ticket:
         "The ticket a cached run stored with `to_result`."
-        info = dict(run.info); model = info.pop("model")
+        info = dict(run.info); arch = info.pop("model")
         t = run.tensors
-        return cls(Mask(t["mask"]), t["weights"], model, run.history, info, f"{run.kind}-{run.key}", t.get("extras", {}))
+        return cls(Mask(t["mask"]), t["weights"], arch, run.history, info, f"{run.kind}-{run.key}", t.get("extras", {}))
 
 def finetune(ticket: Ticket, # what to train
              data: str | Mapping[str, DataSplit], # a dataset name (cacheable) or splits

@@ -14,7 +14,7 @@ from paper_repro.masks import Mask, apply_mask, get_mask, masked_layers
 from paper_repro.models import count_parameters, get_model, prunable_layers
 from paper_repro.recipes import Recipe
 from paper_repro.train import Callback, fit
-from paper_repro.tickets import model_for
+from paper_repro.tickets import arch_for
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def _runs(tmp_path, monkeypatch):
 
 ADAM = Recipe(optimizer="adam", lr=1e-3, weight_decay=0.0, schedule="constant", epochs=6, batch_size=64)
 SGDM = Recipe(optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=5e-4, schedule="asni-code", delta=0.06, epochs=6, batch_size=64)
-LENET = model_for("digits", "lenet-300-100", seed=0)
+LENET = arch_for("digits", "lenet-300-100", seed=0)
 
 
 # ---------------------------------------------------------------- 1. the schedule
@@ -176,8 +176,8 @@ def test_pruned_weights_and_state_stay_exactly_zero_and_the_plan_is_realised(rec
 
 def test_biases_and_batchnorm_are_never_pruned(digits):
     """ResNet-20 at 1/4 width on the digits: only conv/linear weights are in the mask; biases and BN stay dense."""
-    spec = model_for("digits", "resnet20", seed=0, width=0.25)
-    res = asni(spec, digits, 80, 0.5, 1, ADAM.replace(epochs=3), progress=False)
+    arch = arch_for("digits", "resnet20", seed=0, width=0.25)
+    res = asni(arch, digits, 80, 0.5, 1, ADAM.replace(epochs=3), progress=False)
     net = res.network()
     assert set(res.mask) == set(prunable_layers(net))
     others = [(n, p) for n, p in net.named_parameters() if n not in res.mask]
@@ -215,7 +215,7 @@ def test_a_killed_asni_run_resumes_to_the_same_network(digits, tmp_path):
 def conv_result(tmp_path_factory):
     "ASNI on a quarter-width Conv-2 (digits, 6 epochs of Adam), computed once for the module (uncached)."
     data = {"train": load_dataset("digits", "train"), "test": load_dataset("digits", "test")}
-    return asni(model_for("digits", "conv2", seed=0, width=0.25), data, 90, 0.5, 1, ADAM, cache=False, progress=False)
+    return asni(arch_for("digits", "conv2", seed=0, width=0.25), data, 90, 0.5, 1, ADAM, cache=False, progress=False)
 
 
 def test_centroids_are_the_means_of_each_layers_positive_and_negative_surviving_weights(conv_result):
@@ -267,7 +267,7 @@ def test_original_ticket_is_the_initialisation_under_the_mask(conv_result):
     net = S.network()
     for n, layer in prunable_layers(net).items():
         assert torch.equal(layer.weight.detach(), res.init[n] * res.mask[n])
-    init = get_model(**res.ticket.model)
+    init = get_model(**res.ticket.arch)
     assert all(torch.equal(a, res.init[k]) for k, a in init.state_dict().items())   # θ⁰ is the seed's initialisation
 
 
@@ -364,7 +364,7 @@ def test_table2s_own_rows_fix_the_claims_tolerance_and_c_beats_s_in_every_row():
 @pytest.mark.parametrize("row", [k for k in ASNI_ROWS if not k.startswith("imagenet")])
 def test_paper_rows_build_networks_with_table1_parameter_counts(row):
     r = ASNI_ROWS[row]
-    assert count_parameters(get_model(**model_for(r["data"], r["model"], **r["options"]))) == r["params"]
+    assert count_parameters(get_model(**arch_for(r["data"], r["model"], **r["options"]))) == r["params"]
 
 
 def test_imagenet_resnet50_has_table1_parameter_count():
@@ -392,7 +392,7 @@ def test_knob_overrides_apply_to_the_rows_run():
     assert cfg.networks["mnist-fc"]["beta"] == 0.5 and ASNISpec.TABLE["cpu"]["networks"]["mnist-fc"]["alpha"] == 98
 
 
-# ---------------------------------------------------------------- 6. the typed spec
+# ---------------------------------------------------------------- 6. the typed arch
 
 def test_spec_types_papermill_text_and_single_values():
     """rows and seeds given as papermill's JSON text become lists; one value becomes a list of one; numbers become floats."""
@@ -459,7 +459,7 @@ def test_a_cold_sweep_computes_each_run_once_and_a_second_loads_them_all(tmp_pat
     pd.testing.assert_frame_equal(first.table, again.table)
     pd.testing.assert_frame_equal(first.curves, again.curves)
     r = cfg.networks["digits-fc"]
-    together = asni_variants(model_for(r["data"], r["model"], **r["options"]), r["data"], r["alpha"], r["beta"], r["gamma"],
+    together = asni_variants(arch_for(r["data"], r["model"], **r["options"]), r["data"], r["alpha"], r["beta"], r["gamma"],
                              r["recipe"], seeds=[0, 1], retrain=r["retrain"], progress=False)
     assert together.cache == dict(loaded=8, computed=0)
     row = first.rows["digits-fc"]

@@ -296,7 +296,7 @@ def test_small_dense_matches_the_sparse_count_within_2_percent(name, opts, densi
     full = get_model(name, **opts)
     n = sum(p.numel() for p in prunable_weights(full).values())
     assert sd.target == keep_count(n, density) + count_parameters(full) - n
-    assert count_parameters(get_model(**sd.model)) == sd.params
+    assert count_parameters(get_model(**sd.arch)) == sd.params
     assert abs(sd.params / sd.target - 1) <= 0.02 and 0 < sd.width < 1
 
 

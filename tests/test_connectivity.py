@@ -22,12 +22,12 @@ from paper_repro.models import get_model, prunable_weights
 from paper_repro.runs import STATS
 from paper_repro.recipes import Recipe
 from paper_repro.train import evaluate, fit, last_value
-from paper_repro.tickets import model_for, Ticket
+from paper_repro.tickets import arch_for, Ticket
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-SPEC = model_for("digits", "lenet-300-100", seed=0)
-RSPEC = model_for("digits", "resnet20", width=0.25, seed=0)       # has BatchNorm
+ARCH = arch_for("digits", "lenet-300-100", seed=0)
+RES_ARCH = arch_for("digits", "resnet20", width=0.25, seed=0)       # has BatchNorm
 QUICK = Recipe(optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=5e-4, schedule="cosine", epochs=1, batch_size=64)
 
 E1, E2 = torch.tensor([1., 0., 0., 0.]), torch.tensor([0., 1., 0., 0.])
@@ -44,22 +44,22 @@ def digits():
     return {"train": load_dataset("digits", "train"), "test": load_dataset("digits", "test")}
 
 
-def trained(spec, data, recipe=QUICK, seed=0):
-    net = get_model(**spec)
+def trained(arch, data, recipe=QUICK, seed=0):
+    net = get_model(**arch)
     fit(net, data, recipe, seed=seed, progress=False)
     return net
 
 
 @pytest.fixture(scope="module")
 def lenets(digits):
-    return trained(SPEC, digits), trained(dict(SPEC, seed=1), digits)
+    return trained(ARCH, digits), trained(dict(ARCH, seed=1), digits)
 
 
 @pytest.fixture(scope="module")
 def resnets(digits):
     "Same initialisation, different SGD noise: two BatchNorm networks with their own running statistics."
     r = QUICK.replace(epochs=2, lr=0.1)
-    return trained(RSPEC, digits, r, seed=0), trained(RSPEC, digits, r, seed=1)
+    return trained(RES_ARCH, digits, r, seed=0), trained(RES_ARCH, digits, r, seed=1)
 
 
 # ---------------------------------------------------------------- distances
@@ -79,12 +79,12 @@ def test_identical_orthogonal_opposite(form):
 
 
 def test_models_and_state_dicts():
-    net = get_model(**SPEC)
+    net = get_model(**ARCH)
     neg = copy.deepcopy(net)
     with torch.no_grad():
         for w in prunable_weights(neg).values(): w.neg_()
     assert angular_distance(net, net) == 0.0 and angular_distance(net, neg) == 2.0
-    other = get_model(**dict(SPEC, seed=1))
+    other = get_model(**dict(ARCH, seed=1))
     assert abs(angular_distance(net, other) - 1) < 0.01                         # unrelated networks: ~orthogonal
     # a masked model's state dict against the plain one: mask buffers are not compared
     masked = apply_mask(copy.deepcopy(net), Mask.ones(net)).state_dict()
@@ -282,7 +282,7 @@ def test_interpolate_bad_input(lenets, resnets, digits):
     expect_error(lambda: interpolate(a, b, test, alphas="all"), ValueError, "alphas='all'")
     expect_error(lambda: interpolate(a, b, test, bn="average"), ValueError, "bn='average'", "'recompute', 'interpolate'")
     expect_error(lambda: interpolate(a, resnets[0], test), ValueError, "MLP", "ResNet")
-    wide = get_model(**model_for("digits", "lenet-300-100", width=0.5, seed=0))
+    wide = get_model(**arch_for("digits", "lenet-300-100", width=0.5, seed=0))
     expect_error(lambda: interpolate(a, wide, test), ValueError, "hidden.0.weight: shapes differ", "(300, 64)", "(150, 64)")
     expect_error(lambda: interpolate(a, b, test, bn_batches=0), ValueError, "bn_batches=0")
     expect_error(lambda: interpolate(a, b, digits), ValueError, "data=dict")
@@ -319,8 +319,8 @@ def test_barrier_and_instability():
 
 
 def test_linear_mode_instability(tmp_outputs, digits):
-    net = get_model(**SPEC)
-    ticket = Ticket(random_mask(net, 0.3, seed=0), net.state_dict(), SPEC, key="test-ticket")
+    net = get_model(**ARCH)
+    ticket = Ticket(random_mask(net, 0.3, seed=0), net.state_dict(), ARCH, key="test-ticket")
     misses = STATS["misses"]
     r = linear_mode_instability(ticket, "digits", QUICK, alphas=5)
     assert isinstance(r, Instability) and STATS["misses"] == misses + 2
@@ -335,7 +335,7 @@ def test_linear_mode_instability(tmp_outputs, digits):
     again = linear_mode_instability(ticket, "digits", QUICK, alphas=5)
     assert STATS["hits"] == hits + 2
     pd.testing.assert_frame_equal(again.path, r.path)
-    mem = linear_mode_instability(Ticket(ticket.mask, ticket.weights, SPEC), digits, QUICK, alphas=5)   # no key: not cached
+    mem = linear_mode_instability(Ticket(ticket.mask, ticket.weights, ARCH), digits, QUICK, alphas=5)   # no key: not cached
     pd.testing.assert_frame_equal(mem.path, r.path)                           # splits in memory: the same numbers
     expect_error(lambda: linear_mode_instability(ticket, "digits", QUICK, seeds=(3, 3)), ValueError, "seeds=(3, 3)", "different SGD noise")
     expect_error(lambda: linear_mode_instability(ticket, "digits", QUICK, seeds=(0,)), ValueError, "two integer seeds")

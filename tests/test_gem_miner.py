@@ -14,9 +14,9 @@ from paper_repro.gem_miner import (GEMS_OPTIONS, REGULARIZERS, Miner, freeze, fr
 from paper_repro.masks import Mask, get_mask, masked_layers, to_masked
 from paper_repro.models import get_model
 from paper_repro.recipes import TABLE15, TABLE15_NESTEROV, get_recipe, RECIPES
-from paper_repro.tickets import model_for
+from paper_repro.tickets import arch_for
 
-SPEC = model_for("digits", "lenet-300-100", seed=0, init="signed_constant", bias=False)
+ARCH = arch_for("digits", "lenet-300-100", seed=0, init="signed_constant", bias=False)
 RECIPE = get_recipe("cpu", epochs=6, batch_size=64, lr=0.5, weight_decay=0)
 
 
@@ -56,7 +56,7 @@ def test_no_target_no_events():
 
 
 def test_freeze_keeps_exactly_the_largest_active_scores():
-    model = to_masked(get_model(**SPEC), rule="round", seed=3)
+    model = to_masked(get_model(**ARCH), rule="round", seed=3)
     layers = masked_layers(model)
     p = torch.cat([l.scores.detach().flatten() for l in layers.values()])
     total = p.numel()
@@ -72,8 +72,8 @@ def test_freeze_keeps_exactly_the_largest_active_scores():
 
 
 def test_freeze_ties_keep_exact_count():
-    model = to_masked(get_model(**SPEC), rule="round", scores={n: torch.ones(w.shape) for n, w in
-                      [(n, l.weight) for n, l in masked_layers(to_masked(get_model(**SPEC), rule="round")).items()]})
+    model = to_masked(get_model(**ARCH), rule="round", scores={n: torch.ones(w.shape) for n, w in
+                      [(n, l.weight) for n, l in masked_layers(to_masked(get_model(**ARCH), rule="round")).items()]})
     freeze(model, 1234)
     assert sum(int(l.mask.sum()) for l in masked_layers(model).values()) == 1234
 
@@ -84,7 +84,7 @@ def test_final_density_is_the_target_and_the_bound_holds(density):
     event the frozen density is at or below the bound."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        t = gem_miner(SPEC, "digits", density, 0.0, RECIPE, period=2, cache=False, progress=False)
+        t = gem_miner(ARCH, "digits", density, 0.0, RECIPE, period=2, cache=False, progress=False)
     total = t.mask.size
     events = freezing_events(RECIPE.epochs, 2, density)
     assert abs(t.mask.nonzeros - density * total) <= len(events)
@@ -98,8 +98,8 @@ def test_final_density_is_the_target_and_the_bound_holds(density):
 
 
 def test_scores_stay_in_unit_interval_and_weights_frozen():
-    t = gem_miner(SPEC, "digits", 0.1, 1e-4, RECIPE, period=2, cache=False, progress=False)
-    init = get_model(**SPEC).state_dict()
+    t = gem_miner(ARCH, "digits", 0.1, 1e-4, RECIPE, period=2, cache=False, progress=False)
+    init = get_model(**ARCH).state_dict()
     for n, s in t.extras["scores"].items():
         assert 0 <= s.min() and s.max() <= 1
     for n, w in t.weights.items():
@@ -108,14 +108,14 @@ def test_scores_stay_in_unit_interval_and_weights_frozen():
 
 
 def test_gm0_has_no_freezing_and_settles_by_itself():
-    t = gem_miner(SPEC, "digits", None, 0.0, RECIPE, period=2, cache=False, progress=False)
+    t = gem_miner(ARCH, "digits", None, 0.0, RECIPE, period=2, cache=False, progress=False)
     c = curves(t)
     assert "bound" not in c.columns and (c.frozen_density == 1.0).all()
     assert 0.3 < t.density < 0.7
 
 
 def test_regularizers():
-    model = to_masked(get_model(**SPEC), rule="round", seed=0)
+    model = to_masked(get_model(**ARCH), rule="round", seed=0)
     p = [l.scores for l in masked_layers(model).values()]
     assert score_regularizer(2e-3, "L2")(model).item() == pytest.approx(2e-3 * sum((x ** 2).sum().item() for x in p), rel=1e-5)
     assert score_regularizer(2e-3, "L1")(model).item() == pytest.approx(2e-3 * sum(x.abs().sum().item() for x in p), rel=1e-5)
@@ -123,15 +123,15 @@ def test_regularizers():
 
 
 def test_larger_lam_is_sparser():
-    d = [gem_miner(SPEC, "digits", None, lam, RECIPE, period=2, cache=False, progress=False).density for lam in (0.0, 1e-4, 1e-3)]
+    d = [gem_miner(ARCH, "digits", None, lam, RECIPE, period=2, cache=False, progress=False).density for lam in (0.0, 1e-4, 1e-3)]
     assert d[0] > d[1] > d[2]
 
 
 def test_unflag_gives_q_and_invert_keeps_small_scores():
-    a = gem_miner(SPEC, "digits", 0.05, 1e-4, RECIPE, period=2, unflag=True, cache=False, progress=False)
+    a = gem_miner(ARCH, "digits", 0.05, 1e-4, RECIPE, period=2, unflag=True, cache=False, progress=False)
     assert a.mask == Mask(a.extras["frozen"])
     with pytest.warns(UserWarning, match="layer collapse"):   # keeping the smallest scores: r(p) ⊙ q empties
-        b = gem_miner(SPEC, "digits", 0.05, 0.0, RECIPE, period=2, invert=True, unflag=True, cache=False, progress=False)
+        b = gem_miner(ARCH, "digits", 0.05, 0.0, RECIPE, period=2, invert=True, unflag=True, cache=False, progress=False)
     q = Mask(b.extras["frozen"])
     assert q.density == pytest.approx(math.floor(0.05 * q.size) / q.size)
 
@@ -176,7 +176,7 @@ def test_mining_time_inversion_keeps_the_lowest_scores_of_the_not_yet_frozen(mon
     monkeypatch.setattr(gem_miner_module, "freeze", spy)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")            # r(p) ⊙ q collapses when the lowest scores are kept: expected
-        t = gem_miner(SPEC, "digits", 0.05, 1e-4, RECIPE, period=2, invert=True, unflag=True, cache=False, progress=False)
+        t = gem_miner(ARCH, "digits", 0.05, 1e-4, RECIPE, period=2, invert=True, unflag=True, cache=False, progress=False)
     schedule = freezing_events(RECIPE.epochs, 2, 0.05)
     assert len(events) == len(schedule) and all(e["invert"] for e in events)
     total = events[0]["before"].numel()
@@ -195,7 +195,7 @@ def test_mining_time_inversion_keeps_the_lowest_scores_of_the_not_yet_frozen(mon
 def test_layer_collapse_is_recorded_and_warned():
     """A regulariser far too strong pushes every score under 1/2: collapse is counted, listed and warned about."""
     with pytest.warns(UserWarning, match="layer collapse"):
-        t = gem_miner(SPEC, "digits", None, 1.0, RECIPE, period=2, cache=False, progress=False)
+        t = gem_miner(ARCH, "digits", None, 1.0, RECIPE, period=2, cache=False, progress=False)
     assert t.info["collapsed"] and t.info["collapse_epoch"] is not None
     assert curves(t).collapsed.max() >= 1
 
@@ -203,9 +203,9 @@ def test_layer_collapse_is_recorded_and_warned():
 def test_cached_run_loads_and_finetunes_from_cache():
     from paper_repro.runs import STATS
     from paper_repro.tickets import finetune
-    a = gem_miner(SPEC, "digits", 0.1, 1e-4, RECIPE, period=2, progress=False)
+    a = gem_miner(ARCH, "digits", 0.1, 1e-4, RECIPE, period=2, progress=False)
     hits = STATS["hits"]
-    b = gem_miner(SPEC, "digits", 0.1, 1e-4, RECIPE, period=2, progress=False)
+    b = gem_miner(ARCH, "digits", 0.1, 1e-4, RECIPE, period=2, progress=False)
     assert STATS["hits"] == hits + 1 and a.key == b.key and a.mask == b.mask
     assert all(torch.equal(a.extras["scores"][n], b.extras["scores"][n]) for n in a.extras["scores"])
     tune = get_recipe("cpu", epochs=1, batch_size=64)
@@ -243,12 +243,12 @@ def test_nesterov_only_for_resnet50_tiny_imagenet():
 def test_bad_input(kw, words):
     args = {**dict(density=0.1, lam=0.0, period=2), **kw}
     with pytest.raises(ValueError, match=words.replace("(", r"\(").replace("[", r"\[")):
-        gem_miner(SPEC, "digits", args.pop("density"), args.pop("lam"), RECIPE, cache=False, progress=False, **args)
+        gem_miner(ARCH, "digits", args.pop("density"), args.pop("lam"), RECIPE, cache=False, progress=False, **args)
 
 
-def test_model_without_a_seed_is_refused():
-    """A seedless model would draw new weights on every call under one cache key."""
-    with pytest.raises(ValueError, match=r"model\['seed'\]=None"):
-        gem_miner(model_for("digits", "lenet-300-100"), "digits", 0.1, 0.0, RECIPE, period=2, progress=False)
-    with pytest.raises(ValueError, match="model_for"):
+def test_arch_without_a_seed_is_refused():
+    """A seedless arch would draw new weights on every call under one cache key."""
+    with pytest.raises(ValueError, match=r"arch\['seed'\]=None"):
+        gem_miner(arch_for("digits", "lenet-300-100"), "digits", 0.1, 0.0, RECIPE, period=2, progress=False)
+    with pytest.raises(ValueError, match="arch_for"):
         gem_miner("lenet-300-100", "digits", 0.1, 0.0, RECIPE, period=2, progress=False)

@@ -17,13 +17,13 @@ from paper_repro.models import get_model, same_state
 from paper_repro.runs import STATS
 from paper_repro.recipes import get_recipe, lr_at, Recipe, RECIPES
 from paper_repro.train import Callback, evaluate, fit, Snapshot
-from paper_repro.tickets import finetune, model_for, Ticket
+from paper_repro.tickets import finetune, arch_for, Ticket
 from paper_repro.imp import imp_level, lottery_sanity, omp_mask, reinitialised, tail_recipe
 from paper_repro.imp import (IMPResult, imp, imp_counts, imp_prune, imp_rounds, imp_schedule, rewound,
                              round_recipe)
 
-SPEC = model_for("digits", "lenet-300-100", seed=0)
-RSPEC = model_for("digits", "resnet20", width=0.25, seed=0)   # has BatchNorm
+ARCH = arch_for("digits", "lenet-300-100", seed=0)
+RES_ARCH = arch_for("digits", "resnet20", width=0.25, seed=0)   # has BatchNorm
 QUICK = get_recipe("cpu", epochs=2, batch_size=64, lr=0.1)
 PER_EPOCH = math.ceil(1438 / 64)                                # digits' training split at batch 64
 N_LENET = 64 * 300 + 300 * 100 + 100 * 10                       # prunable weights of LeNet-300-100 on 8x8 inputs
@@ -50,7 +50,7 @@ def digits():
 @pytest.fixture(scope="module")
 def short30(module_root):
     "Short-cold IMP of LeNet-300-100 on the digits to 30%: one epoch a round, 6 prunings."
-    return imp(SPEC, "digits", 0.3, QUICK, epochs_per_round=1, progress=False)
+    return imp(ARCH, "digits", 0.3, QUICK, epochs_per_round=1, progress=False)
 
 
 def half_up(n, f):
@@ -213,14 +213,14 @@ def test_history_rounds_and_pre_finetune_accuracy(short30, digits):
     assert (short30.rounds.acc > 0.8).all()
     assert math.isclose(short30.pre_finetune_acc, evaluate(short30.ticket.network(), digits["test"])["acc"], abs_tol=1e-12)
     assert short30.ticket.info["pre_finetune_acc"] == short30.pre_finetune_acc
-    assert short30.ticket.key.startswith("imp-") and short30.ticket.model == SPEC
+    assert short30.ticket.key.startswith("imp-") and short30.ticket.arch == ARCH
 
 
 def test_finished_imp_is_loaded_and_other_targets_share_rounds(short30):
     misses = STATS["misses"]
-    again = imp(SPEC, "digits", 0.3, QUICK, epochs_per_round=1, progress=False)
-    same = imp(SPEC, "digits", 0.3, round_recipe(QUICK, 1), progress=False)   # short written as its round recipe
-    half = imp(SPEC, "digits", 0.5, QUICK, epochs_per_round=1, progress=False)
+    again = imp(ARCH, "digits", 0.3, QUICK, epochs_per_round=1, progress=False)
+    same = imp(ARCH, "digits", 0.3, round_recipe(QUICK, 1), progress=False)   # short written as its round recipe
+    half = imp(ARCH, "digits", 0.5, QUICK, epochs_per_round=1, progress=False)
     assert STATS["misses"] == misses                                           # nothing trained
     assert again.rounds.cached.all() and same.rounds.cached.all() and half.rounds.cached.all() and len(half.runs) == 4
     assert again.ticket.key == same.ticket.key == short30.ticket.key != half.ticket.key
@@ -229,7 +229,7 @@ def test_finished_imp_is_loaded_and_other_targets_share_rounds(short30):
 
 
 def test_cache_false_with_splits_computes_the_same(short30, digits):
-    mem = imp(SPEC, digits, 0.3, QUICK, epochs_per_round=1, cache=False, progress=False)
+    mem = imp(ARCH, digits, 0.3, QUICK, epochs_per_round=1, cache=False, progress=False)
     assert mem.ticket.key is None and mem.ticket.mask == short30.ticket.mask
     pd.testing.assert_frame_equal(mem.history.drop(columns="time"), short30.history.drop(columns="time"))
     assert all(same_state(mem.state(i), short30.state(i)) for i in range(6))
@@ -246,7 +246,7 @@ def test_finetuning_the_ticket_is_cached(short30):
 
 def test_exclude_last_keeps_the_classifier_dense(tmp_path, monkeypatch):
     monkeypatch.setenv("PAPER_REPRO_OUTPUTS", str(tmp_path))
-    r = imp(SPEC, "digits", 0.64, QUICK, epochs_per_round=1, exclude=("last",), progress=False)
+    r = imp(ARCH, "digits", 0.64, QUICK, epochs_per_round=1, exclude=("last",), progress=False)
     assert list(r.ticket.mask) == ["hidden.0.weight", "hidden.1.weight"]
     assert r.ticket.mask.nonzeros == keep_count(N_LENET - 1000, 0.64)
     assert (r.state(1)["fc.weight"] != 0).all()                              # trained, never pruned
@@ -257,13 +257,13 @@ def test_exclude_last_keeps_the_classifier_dense(tmp_path, monkeypatch):
 @pytest.mark.parametrize("rewind", [0, 30])
 def test_rewinding_restores_the_saved_state_under_the_new_mask(rewind, digits, tmp_path, monkeypatch):
     monkeypatch.setenv("PAPER_REPRO_OUTPUTS", str(tmp_path))
-    r = imp(RSPEC, "digits", 0.64, QUICK, rewind=rewind, progress=False)
+    r = imp(RES_ARCH, "digits", 0.64, QUICK, rewind=rewind, progress=False)
     snap = Snapshot(iterations=[rewind])                                       # the same round 0, snapshotted on its own
-    fit(get_model(**RSPEC), digits, QUICK, mask=Mask.ones(get_model(**RSPEC)), callbacks=[snap], progress=False)
+    fit(get_model(**RES_ARCH), digits, QUICK, mask=Mask.ones(get_model(**RES_ARCH)), callbacks=[snap], progress=False)
     point = plain(snap.iterations[rewind])
     assert same_state(r.rewind_state, point)
-    if rewind == 0: assert same_state(point, get_model(**RSPEC).state_dict())
-    else: assert not torch.equal(point["bn1.running_var"], get_model(**RSPEC).state_dict()["bn1.running_var"])
+    if rewind == 0: assert same_state(point, get_model(**RES_ARCH).state_dict())
+    else: assert not torch.equal(point["bn1.running_var"], get_model(**RES_ARCH).state_dict()["bn1.running_var"])
     for net, mask in [(r.ticket.network(), r.ticket.mask), (r.start(1), r.mask(1))]:
         got = plain(net.state_dict())
         assert got.keys() == point.keys()
@@ -272,7 +272,7 @@ def test_rewinding_restores_the_saved_state_under_the_new_mask(rewind, digits, t
     again = r.start(1)                                                         # round 1 trained from exactly there
     fit(again, digits, QUICK, mask=r.mask(1), progress=False)
     assert same_state(plain(again.state_dict()), r.state(1))
-    assert same_state(r.init_state, get_model(**RSPEC).state_dict())
+    assert same_state(r.init_state, get_model(**RES_ARCH).state_dict())
 
 
 # ---------------------------------------------------------------- 6. resume
@@ -294,7 +294,7 @@ def test_killed_imp_resumes_in_the_round_it_was_in(kill_round, rewind, tmp_path,
         calls.append(steps)
         return fit(model, data, recipe, callbacks=[*callbacks, steps], **kw)
 
-    args = (SPEC, "digits", 0.5, QUICK)
+    args = (ARCH, "digits", 0.5, QUICK)
     monkeypatch.setenv("PAPER_REPRO_OUTPUTS", str(tmp_path / "killed"))
     monkeypatch.setattr(imp_module, "fit", lambda *a, **kw: counting_fit(*a, kill_call=kill_round, **kw))
     with pytest.raises(KeyboardInterrupt): imp(*args, rewind=rewind, progress=False)
@@ -322,21 +322,21 @@ def test_killed_imp_resumes_in_the_round_it_was_in(kill_round, rewind, tmp_path,
     (dict(fraction=0), r"fraction=0.*\(0, 1\)"), (dict(fraction=1.0), "fraction=1.0"), (dict(fraction=True), "fraction=True"),
     (dict(rewind=-1), r"rewind=-1.*up to 46"), (dict(rewind=47), r"rewind=47.*2 epochs × 23"), (dict(rewind=2.0), "rewind=2.0"),
     (dict(epochs_per_round=0), "epochs_per_round=0"), (dict(epochs_per_round=1.5), "epochs_per_round=1.5"),
-    (dict(recipe="fast"), "'fast'.*imp-resnet20"), (dict(model="lenet-300-100"), "model='lenet-300-100'.*model_for"),
-    (dict(model=dict(SPEC, seed=None)), r"model\['seed'\]=None"), (dict(exclude=["fc.bias"]), r"exclude=\['fc.bias'\]"),
+    (dict(recipe="fast"), "'fast'.*imp-resnet20"), (dict(arch="lenet-300-100"), "arch='lenet-300-100'.*arch_for"),
+    (dict(arch=dict(ARCH, seed=None)), r"arch\['seed'\]=None"), (dict(exclude=["fc.bias"]), r"exclude=\['fc.bias'\]"),
     (dict(exclude=["first", "hidden.1.weight", "last"]), "leaves no tensor"), (dict(seed=-1), "seed=-1"),
     (dict(data="digitz"), "digitz"), (dict(data={"train": None}), "dataset name or a dict"),
 ])
 def test_bad_input(change, match, tmp_path, monkeypatch):
     monkeypatch.setenv("PAPER_REPRO_OUTPUTS", str(tmp_path))
-    kw = {**dict(model=SPEC, data="digits", density=0.3, recipe=QUICK, progress=False), **change}
+    kw = {**dict(arch=ARCH, data="digits", density=0.3, recipe=QUICK, progress=False), **change}
     with pytest.raises(ValueError, match=match): imp(**kw)
     assert not any(tmp_path.iterdir())                                         # nothing was trained
 
 
 def test_splits_need_cache_false(digits):
-    with pytest.raises(ValueError, match="cache=False"): imp(SPEC, digits, 0.3, QUICK, progress=False)
-    with pytest.raises(ValueError, match="'train' and 'test'"): imp(SPEC, {"train": digits["train"]}, 0.3, QUICK, cache=False)
+    with pytest.raises(ValueError, match="cache=False"): imp(ARCH, digits, 0.3, QUICK, progress=False)
+    with pytest.raises(ValueError, match="'train' and 'test'"): imp(ARCH, {"train": digits["train"]}, 0.3, QUICK, cache=False)
 
 
 # --- Ma et al.: LT, RR, OMP, WR (lottery_sanity) ---------------------------------------------------------------------
@@ -349,15 +349,15 @@ def ma_resnet(tmp_path_factory):
     """Every variant on a quarter-width ResNet-20 (BatchNorm: rewinding must restore its running statistics too)."""
     mp = pytest.MonkeyPatch()
     mp.setenv("PAPER_REPRO_OUTPUTS", str(tmp_path_factory.mktemp("ma")))
-    spec = model_for("digits", "resnet20", width=0.25, seed=3)
-    yield spec, lottery_sanity(spec, "digits", [0.8, 0.64], STEP, rewind_epoch=2, exclude=("first", "last"), progress=False)
+    arch = arch_for("digits", "resnet20", width=0.25, seed=3)
+    yield arch, lottery_sanity(arch, "digits", [0.8, 0.64], STEP, rewind_epoch=2, exclude=("first", "last"), progress=False)
     mp.undo()
 
 
 def test_wr_rewinds_to_exactly_the_saved_epoch_t_state(ma_resnet, digits):
-    spec, ls = ma_resnet
+    arch, ls = ma_resnet
     snap = Snapshot(epochs=[2])
-    net = get_model(**spec)
+    net = get_model(**arch)
     fit(net, digits, STEP, mask=Mask.ones(net, ("first", "last")), callbacks=[snap], seed=0, progress=False)
     saved = {k: v for k, v in snap.epochs[2].items() if not k.endswith(".mask")}
     kept = ls.chain.epoch_state(2)
@@ -371,7 +371,7 @@ def test_wr_rewinds_to_exactly_the_saved_epoch_t_state(ma_resnet, digits):
 
 
 def test_lt_and_rr_share_masks_and_differ_in_initialisation(ma_resnet):
-    spec, ls = ma_resnet
+    arch, ls = ma_resnet
     for r in (1, 2):
         for kind in ("IMP", "OMP"):
             (s_lt, _, m_lt), (s_rr, _, m_rr) = ls.weights[(f"LT-{kind}", r)], ls.weights[(f"RR-{kind}", r)]
@@ -408,14 +408,14 @@ def test_tail_recipe_continues_the_schedule():
                                        (dict(variants=["WR"]), r"variants=\['WR'\]"), (dict(rr_seed=3), "rr_seed=3")])
 def test_lottery_sanity_bad_input(kw, match):
     with pytest.raises(ValueError, match=match):
-        lottery_sanity(model_for("digits", "lenet-300-100", seed=3), "digits", [0.64], STEP, **kw)
+        lottery_sanity(arch_for("digits", "lenet-300-100", seed=3), "digits", [0.64], STEP, **kw)
 
 
 def test_imp_level_and_reinitialised_errors():
     assert [imp_level(0.8**r) for r in range(15)] == list(range(15))
     with pytest.raises(ValueError, match="not an IMP level"): imp_level(0.5)
-    spec = model_for("digits", "lenet-300-100", seed=3)
-    tk = Ticket(Mask.ones(get_model(**spec)), get_model(**spec).state_dict(), spec, key="k")
+    arch = arch_for("digits", "lenet-300-100", seed=3)
+    tk = Ticket(Mask.ones(get_model(**arch)), get_model(**arch).state_dict(), arch, key="k")
     with pytest.raises(ValueError, match="own seed"): reinitialised(tk, 3)
     rr = reinitialised(tk, 4)
-    assert rr.key == "k/rr-4" and rr.model["seed"] == 4 and rr.mask == tk.mask
+    assert rr.key == "k/rr-4" and rr.arch["seed"] == 4 and rr.mask == tk.mask

@@ -13,7 +13,7 @@ from paper_repro.models import same_state
 from paper_repro.rti import (RTISpec, Optima, Repulsion, pruning_threshold, remaining_weights, repulsion_loss, round_statistics,
                              rti_sweep, setting)
 from paper_repro.recipes import Recipe
-from paper_repro.tickets import model_for
+from paper_repro.tickets import arch_for
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -74,14 +74,14 @@ def test_bad_input_names_the_problem():
 @pytest.fixture(scope="module")
 def chains(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
-    spec = model_for("digits", "lenet-300-100", seed=0)
+    arch = arch_for("digits", "lenet-300-100", seed=0)
     rc = Recipe(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=0.0, schedule="constant", epochs=3, batch_size=32)
     kw = dict(progress=False, root=root)
-    plain = imp(spec, "digits", 0.8**3, rc, **kw)
-    rep = imp(spec, "digits", 0.8**3, rc, round_loss=Repulsion(2.0), **kw)
-    last = imp(spec, "digits", 0.8**3, rc, round_loss=Repulsion(2.0, only_last=True), **kw)
-    rr = imp({**spec, "seed": 5}, "digits", 0.8**3, rc, masks_from=plain, **kw)
-    return dict(plain=plain, rep=rep, last=last, rr=rr, spec=spec)
+    plain = imp(arch, "digits", 0.8**3, rc, **kw)
+    rep = imp(arch, "digits", 0.8**3, rc, round_loss=Repulsion(2.0), **kw)
+    last = imp(arch, "digits", 0.8**3, rc, round_loss=Repulsion(2.0, only_last=True), **kw)
+    rr = imp({**arch, "seed": 5}, "digits", 0.8**3, rc, masks_from=plain, **kw)
+    return dict(plain=plain, rep=rep, last=last, rr=rr, arch=arch)
 
 
 def test_repellent_imp_shares_round_zero_and_repels(chains):

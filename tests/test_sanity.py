@@ -12,19 +12,19 @@ from paper_repro.masks import Mask, random_mask
 from paper_repro.models import get_model
 from paper_repro.sanity import CHECKS, invert_check, reinit_check, sanity_check, sanity_table, shuffle_check
 from paper_repro.recipes import get_recipe
-from paper_repro.tickets import model_for, Ticket
+from paper_repro.tickets import arch_for, Ticket
 
-SPEC = model_for("digits", "lenet-300-100", seed=0, init="signed_constant", bias=False)
+ARCH = arch_for("digits", "lenet-300-100", seed=0, init="signed_constant", bias=False)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def ticket(density=0.1, seed=0, key="t"):
-    net = get_model(**SPEC)
+    net = get_model(**ARCH)
     g = torch.Generator().manual_seed(seed)
     scores = {n: torch.rand(w.shape, generator=g) for n, w in net.named_parameters() if n.endswith("weight")}
-    return Ticket(random_mask(net, density, seed=seed), net.state_dict(), SPEC, key=key, extras=dict(scores=scores))
+    return Ticket(random_mask(net, density, seed=seed), net.state_dict(), ARCH, key=key, extras=dict(scores=scores))
 
 
 @pytest.mark.parametrize("density", [0.5, 0.1, 0.014, 0.005])
@@ -42,7 +42,7 @@ def test_shuffle_keeps_every_layer_count_and_moves_positions(density, seed):
 def test_reinit_keeps_the_mask_and_redraws_the_weights(init):
     t = ticket()
     r = reinit_check(t, seed=5, init=init)
-    assert r.mask == t.mask and r.model["seed"] == 5
+    assert r.mask == t.mask and r.arch["seed"] == 5
     for n, w in r.weights.items():
         if not n.endswith("weight"): continue
         assert not torch.equal(w, t.weights[n]), n
@@ -89,13 +89,13 @@ def test_invert_with_absolute_scores_and_ties():
 def test_sanity_check_by_name_and_errors():
     t = ticket()
     assert set(CHECKS) == {"shuffle", "reinit", "invert"}
-    assert sanity_check(t, "reinit", seed=0).model["seed"] == 1          # never the ticket's own seed
+    assert sanity_check(t, "reinit", seed=0).arch["seed"] == 1          # never the ticket's own seed
     with pytest.raises(ValueError, match="check='flip'"):
         sanity_check(t, "flip")
     with pytest.raises(ValueError, match="seed=0"):
         reinit_check(t, seed=0)
     with pytest.raises(ValueError, match="needs the scores"):
-        invert_check(Ticket(t.mask, t.weights, SPEC))
+        invert_check(Ticket(t.mask, t.weights, ARCH))
 
 
 def test_sanity_table(tmp_path, monkeypatch):
@@ -105,7 +105,7 @@ def test_sanity_table(tmp_path, monkeypatch):
     assert sorted(tab.index) == ["invert", "reinit", "shuffle", "ticket"]
     assert (tab.density - t.mask.density).abs().max() < 1e-12
     assert tab.pre_finetune_acc.between(0, 1).all() and tab.post_finetune_acc.between(0, 1).all()
-    no_scores = Ticket(t.mask, t.weights, SPEC, key="u")
+    no_scores = Ticket(t.mask, t.weights, ARCH, key="u")
     assert "invert" not in set(sanity_table(no_scores, "digits", "cpu", finetune_too=False).variant)
 
 
@@ -236,7 +236,7 @@ def test_jackpot_modes_and_appendix_b_rows():
     assert rows.compared_with["⑤ ∃ lr: ≈ well-trained dense"] == "dense (best lr 0.1)" and rows.ref_lr["④ ∃ lr: ≈ dense at the same lr"] == 0.005
 
 
-# --- Ma et al.'s experiment spec and sweep ----------------------------------------------------------------------------
+# --- Ma et al.'s experiment arch and sweep ----------------------------------------------------------------------------
 
 import json
 import ast

@@ -30,11 +30,11 @@ def train_unit(c):
     from paper_repro.masks import random_mask
     from paper_repro.models import get_model
     from paper_repro.train import fit
-    from paper_repro.tickets import model_for
+    from paper_repro.tickets import arch_for
 
     def run(config, workdir):
         data = {s: load_dataset("digits", s) for s in ("train", "test")}
-        net = get_model(**model_for("digits", "small-cnn", seed=config["seed"]))
+        net = get_model(**arch_for("digits", "small-cnn", seed=config["seed"]))
         mask = random_mask(net, config["density"], seed=config["seed"])
         hist = fit(net, data, dict(optimizer="sgd", lr=0.05, momentum=0.9, epochs=config["epochs"], batch_size=64),
                    mask=mask, seed=config["seed"], checkpoint=workdir/runs.CHECKPOINT, progress=False)
@@ -114,12 +114,12 @@ def imp_unit(c):
     "One IMP chain (LeNet on the digits to 0.8⁶, 6 trained rounds of 1 epoch, each a cached run): its rounds' accuracies."
     import paper_repro.imp as imp_mod
     from paper_repro.imp import imp
-    from paper_repro.tickets import model_for
+    from paper_repro.tickets import arch_for
     if c.get("slow") and not hasattr(imp_mod.fit, "slowed"):         # slow each round down, so a kill lands mid-chain
         fit = imp_mod.fit
         imp_mod.fit = lambda *a, **k: (time.sleep(c["slow"]), fit(*a, **k))[1]
         imp_mod.fit.slowed = True
-    r = imp(model_for("digits", "lenet-300-100", seed=c["seed"]), "digits", 0.8**6,
+    r = imp(arch_for("digits", "lenet-300-100", seed=c["seed"]), "digits", 0.8**6,
             dict(optimizer="sgd", lr=0.05, momentum=0.9, epochs=1, batch_size=64), seed=c["seed"], progress=False, root=c["root"])
     return r.rounds.acc.tolist()
 
