@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import datetime as _dt
 import importlib
 import json
@@ -13,6 +14,7 @@ import os
 import platform
 import random
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -20,6 +22,7 @@ import time
 import types
 import typing
 from configparser import ConfigParser
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping
 
@@ -28,13 +31,13 @@ import pandas as pd
 import torch
 
 # %% auto #0
-__all__ = ['DATA_ENV', 'OUTPUTS_ENV', 'EXPERIMENT_NOTEBOOK', 'RUN_FIRST', 'DEVICE_ENV', 'PRESETS', 'PRESET_ENV', 'EXECUTORS',
-           'EXTRAS', 'RUN_KNOBS', 'SMOKE_THREADS', 'CLAIM_KINDS', 'PAPERS', 'UNCLASSIFIED', 'CLAIM_COLUMNS',
-           'repo_root', 'data_dir', 'outputs_dir', 'experiment_dir', 'experiment_notebooks', 'save_json',
-           'DeviceUnavailableError', 'get_device', 'seed_everything', 'resolve_preset', 'executor_module',
-           'check_executor', 'fill_preset', 'watch_parameters', 'use_threads', 'coerce', 'ExperimentSpec', 'provenance',
-           'Timer', 'claim', 'paper_of', 'gather_claims', 'claims_totals', 'claims_markdown', 'interleaved',
-           'timing_summary']
+__all__ = ['DATA_ENV', 'OUTPUTS_ENV', 'EXPERIMENT_NOTEBOOK', 'RUN_FIRST', 'LOW_SPACE', 'DEVICE_ENV', 'PRESETS', 'PRESET_ENV',
+           'EXECUTORS', 'EXTRAS', 'RUN_KNOBS', 'SMOKE_THREADS', 'CLAIM_KINDS', 'PAPERS', 'UNCLASSIFIED',
+           'CLAIM_COLUMNS', 'repo_root', 'data_dir', 'outputs_dir', 'experiment_dir', 'experiment_notebooks', 'writing',
+           'save_json', 'check_finite', 'DeviceUnavailableError', 'get_device', 'seed_everything', 'resolve_preset',
+           'executor_module', 'check_executor', 'fill_preset', 'watch_parameters', 'use_threads', 'coerce',
+           'ExperimentSpec', 'provenance', 'Timer', 'claim', 'paper_of', 'gather_claims', 'claims_totals',
+           'claims_markdown', 'interleaved', 'timing_summary']
 
 # %% ../nbs/00_core.ipynb #fa678f17
 def expect_error(f, exc, *contains):
@@ -104,11 +107,56 @@ def experiment_notebooks(nbs: str | Path | None = None, # notebook folder (defau
     return [n for n in RUN_FIRST if n in names] + [n for n in names if n not in RUN_FIRST]
 
 # %% ../nbs/00_core.ipynb #97243e78
-def save_json(obj: Any, path: str | Path) -> Path:
-    "Write `obj` as indented JSON (non-JSON values as strings); return the path."
+LOW_SPACE = 1 << 20  # bytes: a failed write with less free space than this left on its disk is reported as "no space left"
+
+def _no_space(e: BaseException, folder: Path) -> bool:
+    "Whether the write error `e` in `folder` comes from a full disk (torch reports it as a RuntimeError without an errno)."
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT): return True
+    try: return shutil.disk_usage(folder).free < LOW_SPACE
+    except OSError: return False
+
+@contextmanager
+def writing(path: str | Path, # the file the block writes
+            what: str = "", # what it belongs to, for the message: e.g. "run outputs/runs/imp-0123abcd"
+           ):
+    """Write `path` in the block. If the write fails, the partial file is removed and an OSError says which file of
+    what failed, and why: "no space left" for a full disk (torch's own message for it is `unexpected pos`)."""
+    path = Path(path)
+    try: yield path
+    except (OSError, RuntimeError) as e:
+        path.unlink(missing_ok=True)
+        of = f" of {what}" if what else ""
+        if _no_space(e, path.parent):
+            raise OSError(errno.ENOSPC, f"no space left writing {path.name}{of} (in {path.parent}); the partial file "
+                                        "was removed: free some space and rerun") from e
+        raise OSError(getattr(e, "errno", None) or errno.EIO, f"writing {path.name}{of} (in {path.parent}) failed, "
+                                                              f"the partial file was removed: {type(e).__name__}: {e}") from e
+
+def save_json(obj: Any, path: str | Path, what: str = "") -> Path:
+    "Write `obj` as indented JSON (non-JSON values as strings); return the path. A failed write leaves no file (`writing`)."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    text = json.dumps(obj, indent=2, default=str) + "\n"
+    with writing(path, what): path.write_text(text)
     return path
+
+
+# %% ../nbs/00_core.ipynb #d33f9a4f
+def check_finite(values, # a tensor, a name -> tensor mapping, or a sequence of numbers
+                 what: str = "input", # what `values` are, for the message
+                ):
+    "`values` unchanged, or a ValueError naming `what`, the tensor, and how many of its entries are NaN or infinite."
+    items = values.items() if isinstance(values, typing.Mapping) else [("", values)]
+    tensors = [(n, v if isinstance(v, torch.Tensor) else torch.as_tensor(v, dtype=torch.float64)) for n, v in items]
+    floats = [(n, t) for n, t in tensors if t.is_floating_point() or t.is_complex()]
+    if not floats or bool(torch.stack([torch.isfinite(t).all() for _, t in floats]).all()): return values  # one sync
+    for n, t in floats:
+        bad = ~torch.isfinite(t)
+        if bad.any():
+            where = f"[{n!r}]" if n else ""
+            first = t.flatten()[bad.flatten()][0].item()
+            raise ValueError(f"{what}{where} has {int(bad.sum())} non-finite of {t.numel()} entries (e.g. {first}): "
+                             "a diverged run or a corrupt file; NaN and infinity have no rank, distance or correlation")
+
 
 # %% ../nbs/00_core.ipynb #cc2c037f
 DEVICE_ENV = "PAPER_REPRO_DEVICE"
