@@ -319,7 +319,7 @@ def interpolate(model_a: nn.Module, # alpha = 0
     rows = [dict(alpha=float(a), **evaluate(net_at(a), loader)) for a in points]
     path = pd.DataFrame(rows, columns=["alpha", "loss", "acc"])
     path["error"] = 1 - path.acc
-    check_finite({c: path[c].to_numpy(float) for c in ("loss", "acc")}, "the path")   # finite ends, yet an overflow on the way
+    check_finite({c: path[c].to_numpy(float, copy=True) for c in ("loss", "acc")}, "the path")   # finite ends, yet an overflow on the way
     return path
 
 # %% ../nbs/15_connectivity.ipynb #b14b0b21
@@ -329,7 +329,7 @@ def _path_errors(path: pd.DataFrame) -> tuple[float, float, float]:
     "(error at 0, error at 1, largest error on the path)."
     if not isinstance(path, pd.DataFrame) or not {"alpha", "error"} <= set(path.columns):
         raise ValueError(f"path={type(path).__name__}: use the DataFrame from interpolate (columns alpha, error)")
-    check_finite({c: path[c].to_numpy(float) for c in ("alpha", "error")}, "path")   # max() would skip a NaN error
+    check_finite({c: path[c].to_numpy(float, copy=True) for c in ("alpha", "error")}, "path")   # max() would skip a NaN error
     ends = []
     for a in (0.0, 1.0):
         e = path.error[path.alpha == a]

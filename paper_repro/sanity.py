@@ -150,7 +150,7 @@ def _check_jackpot(table: pd.DataFrame, tolerance: float, gap: float, min_sparsi
     if not 0 <= min_sparsity < 1: raise ValueError(f"min_sparsity={min_sparsity!r}: use a number in [0, 1)")
     missing = {"variant", "nominal", "lr", "acc"} - set(table.columns)
     if missing: raise ValueError(f"table lacks columns {sorted(missing)} (use lth_sweep(...).table for one network)")
-    check_finite(table.acc.to_numpy(float), "table.acc")   # pandas' mean would skip a NaN accuracy silently
+    check_finite(table.acc.to_numpy(float, copy=True), "table.acc")   # pandas' mean would skip a NaN accuracy silently
     if "network" in table.columns and table.network.nunique() > 1:
         raise ValueError(f"table has networks {sorted(table.network.unique())}: give one network's rows")
 
@@ -379,7 +379,7 @@ def lt_advantage(table: pd.DataFrame, # one network's rows (lth_sweep)
                 ) -> pd.Series:
     "Mean accuracy difference ticket − other over the densities both have, per learning rate."
     other = other or "RR-" + ticket.split("-", 1)[1]
-    check_finite(table.acc.to_numpy(float), "table.acc")
+    check_finite(table.acc.to_numpy(float, copy=True), "table.acc")
     acc = _acc(table)
     if ticket not in acc.index.get_level_values(0) or other not in acc.index.get_level_values(0):
         raise ValueError(f"the table lacks {ticket!r} or {other!r}: it has {sorted(set(acc.index.get_level_values(0)))}")
