@@ -25,12 +25,13 @@ EXPERIMENTS = $(shell test -x $(BIN)/python && $(BIN)/python -c "from paper_repr
 # nbdev_export silently does nothing when IN_TEST is set: never pass it down.
 unexport IN_TEST
 
-.PHONY: help venv data export sync nbtest pytest test test-slow repro repro-names claims bench readme clean-venv
+.PHONY: help venv data export sync nbtest pytest test test-slow repro repro-names repro-check claims bench readme clean-venv
 
 help:
 	@echo "make test     create .venv if missing, get the data, check the library is in step with nbs/, run nbdev_test and pytest"
 	@echo "make repro    create .venv if missing, get the data, run every experiment notebook at preset auto into $(OUTPUTS)/"
 	@echo "              make repro NB=fig3 ARGS=\"-p lam 1.5e-5\"   one notebook, papermill arguments passed through"
+	@echo "              (the parameters are checked first, by paper-repro check: a bad value stops before any kernel, exit 2)"
 	@echo "              make repro EXECUTOR=pool                   one worker per GPU (default: serial, each notebook's runs in its process)"
 	@echo "make claims   write outputs/reference/CLAIMS.md, every reference notebook's claims and the totals per paper"
 	@echo "              (.venv/bin/paper-repro claims prints the table; --folder outputs for your own make repro)"
@@ -110,7 +111,12 @@ repro-names: $(STAMP)
 	  if [[ " $$all " != *" $$nb "* ]]; then echo "unknown notebook '$$nb'; experiment notebooks: $$all"; exit 2; fi; \
 	done
 
-repro: $(STAMP) repro-names data
+# Every notebook's parameters ($(ARGS), and the executor), checked by its spec as `paper-repro run` checks them, before the
+# data step and before any kernel starts: a bad value exits 2 at once, naming the parameter, the value and what is allowed.
+repro-check: $(STAMP) repro-names
+	@$(BIN)/paper-repro check $(if $(NB),$(basename $(notdir $(NB))),$(EXPERIMENTS)) -p executor $(EXECUTOR) $(ARGS)
+
+repro: $(STAMP) repro-names repro-check data
 	@nbs="$(if $(NB),$(basename $(notdir $(NB))),$(EXPERIMENTS))"; \
 	t0=$$(date +%s); \
 	for nb in $$nbs; do \

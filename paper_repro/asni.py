@@ -14,9 +14,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .core import ExperimentSpec
+from .core import check_finite, ExperimentSpec
 from .masks import Mask, weights_of, apply_mask, get_mask, keep_count, magnitude, plain_state
-from .models import count_parameters, get_model, prunable_layers
+from .models import count_parameters, get_model, prunable_layers, prunable_weights
 from . import runs
 from .runs import STATS, Result, cached_run, run_counts, run_hash
 from .recipes import as_recipe, Recipe
@@ -43,7 +43,14 @@ def check_asni(alpha, beta, gamma):
     if not (_finite(beta) and 0 <= beta <= 1):
         raise ValueError(f"beta={beta!r}: the sigmoid's midpoint, as a fraction of the epochs, must be in [0, 1]")
     if not (_finite(gamma) and gamma > 0):
-        raise ValueError(f"gamma={gamma!r}: the sigmoid's scale, in epochs, must be > 0")
+        raise ValueError(f"gamma={gamma!r}: the sigmoid's scale, in epochs, must be a finite number > 0 (towards 0: one-shot pruning at beta·E)")
+
+def _check_seeds(seeds) -> list[int]:
+    "`seeds` as a list, or a ValueError unless it is a non-empty list of integers in [0, 2**32) (`seed_everything`'s range)."
+    seeds = list(seeds) if not isinstance(seeds, (str, int)) and hasattr(seeds, "__iter__") else seeds
+    if not isinstance(seeds, list) or not seeds or any(isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < 2**32 for s in seeds):
+        raise ValueError(f"seeds={seeds!r}: give integer seeds in [0, 2**32), e.g. [0, 1, 2]")
+    return seeds
 
 # %% ../nbs/18_asni.ipynb #7bf2b6ba
 def sigmoid_schedule(epoch: int, # e: epochs trained so far (the paper counts 1..E)
@@ -56,7 +63,9 @@ def sigmoid_schedule(epoch: int, # e: epochs trained so far (the paper counts 1.
     check_asni(alpha, beta, gamma)
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1: raise ValueError(f"epochs={epochs!r}: use an integer >= 1")
     if not _finite(epoch): raise ValueError(f"epoch={epoch!r}: use a number")
-    return alpha/(1 + math.exp(-(epoch - beta*epochs)/gamma))
+    z = (epoch - beta*epochs)/gamma
+    if z > -700: return alpha/(1 + math.exp(-z))   # the paper's form, bit for bit, wherever e^(-z) is a float
+    return alpha*math.exp(z)/(1 + math.exp(z))     # far below the midpoint: the same sigmoid, written without overflow
 
 # %% ../nbs/18_asni.ipynb #a8d1bb5d
 def pruning_plan(epochs: int, alpha: float, beta: float, gamma: float,
@@ -80,6 +89,7 @@ def asni_prune(model: nn.Module, # a model whose prunable layers carry fixed mas
               ) -> Mask:
     "Global magnitude pruning among the surviving weights to exactly `percent`% pruned; the new mask is set in place and returned."
     if not (_finite(percent) and 0 <= percent < 100): raise ValueError(f"percent={percent!r}: use a percentage in [0, 100)")
+    check_finite(prunable_weights(model), "model")   # once per prune (an epoch), never per step
     mask = get_mask(model)
     keep = keep_count(mask.size, 1 - percent/100)
     if keep > mask.nonzeros:
@@ -102,8 +112,8 @@ class ASNIPruning(Callback):
 def centroids(model: nn.Module, # a (masked) model: its effective prunable weights are read
              ) -> pd.DataFrame:
     "Per prunable layer: c_plus and c_minus (means of the positive and of the negative surviving weights), their counts, size."
-    rows = []
-    for name, w in weights_of(model).items():   # w ⊙ mask for masked layers, the weight otherwise
+    rows, weights = [], check_finite(weights_of(model), "model")
+    for name, w in weights.items():   # w ⊙ mask for masked layers, the weight otherwise
         w = w.double()
         pos, neg = w[w > 0], w[w < 0]
         rows.append(dict(layer=name, c_plus=float(pos.mean()) if len(pos) else math.nan,
@@ -127,6 +137,16 @@ def _fresh_biases_and_norms(model: nn.Module):
                 if m.affine: m.weight.fill_(1); m.bias.zero_()
                 if m.track_running_stats: m.reset_running_stats()
 
+# %% ../nbs/18_asni.ipynb #c7e3a2f4
+def _check_centroids(c: pd.DataFrame, # the centroid table, indexed by layer
+                     layers: Mapping[str, nn.Module]):
+    "ValueError naming the layer and column when a centroid some weight of `layers` becomes is not finite (a sign with no weight may be NaN)."
+    for name, layer in layers.items():
+        for col, has in (("c_plus", layer.weight > 0), ("c_minus", layer.weight < 0)):
+            v = float(c[col][name])
+            if not math.isfinite(v) and bool(has.any()):
+                raise ValueError(f"table[{col!r}] of layer {name!r} is {v}, but the layer has weights of that sign to set: a finite centroid is needed")
+
 # %% ../nbs/18_asni.ipynb #6bfc8278
 def centroid_init(model: nn.Module, # a trained ASNI network (masked or plain); changed in place
                   table: pd.DataFrame | None = None, # `centroids(model)` (computed when None)
@@ -136,6 +156,8 @@ def centroid_init(model: nn.Module, # a trained ASNI network (masked or plain); 
     c = table.set_index("layer")
     layers = prunable_layers(model)
     if set(c.index) != set(layers): raise ValueError(f"the centroid table names {sorted(c.index)}, the model's layers are {sorted(layers)}")
+    check_finite({n: layer.weight for n, layer in layers.items()}, "model")
+    _check_centroids(c, layers)
     with torch.no_grad():
         for name, layer in layers.items(): layer.weight.copy_(_signed(layer.weight, c.c_plus[name], c.c_minus[name]))
     _fresh_biases_and_norms(model)
@@ -289,7 +311,7 @@ def asni_variants(arch: Mapping, # get_model arguments (arch_for); its seed is s
     variants, recipe = _check_variants(variants), as_recipe(recipe)
     retrain = recipe if retrain is None else as_recipe(retrain)
     check_asni(alpha, beta, gamma)
-    if not seeds or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds): raise ValueError(f"seeds={seeds!r}: give integer seeds")
+    seeds = _check_seeds(seeds)
     stats0, rows, curves, results, trained = dict(STATS), [], [], {}, {}
     bar = tqdm([(s, v) for s in seeds for v in variants], desc="asni variants", unit="run", disable=not progress)
     for s, v in bar:
@@ -382,12 +404,11 @@ class ASNISpec(ExperimentSpec):
                "asni_fig3": dict(seeds=[0], bins=120), "asni_fig4": dict(seeds=[0], bins=60)}
 
     def check(self):
-        "rows/row in the preset, integer seeds, schedules of Table 2, a known convention; α, β, γ set in the chosen rows, then checked."
+        "rows/row in the preset, integer seeds in [0, 2**32), schedules of Table 2, a known convention; α, β, γ set in the chosen rows, then checked."
         chosen = list(dict.fromkeys([*self.rows, self.row]))
         bad = [r for r in [*self.rows, self.row] if r not in self.networks]
         if bad: raise ValueError(f"rows/row {bad!r}: the {self.preset} preset has {', '.join(map(repr, self.networks))}")
-        if not self.seeds or any(isinstance(s, bool) or not isinstance(s, int) for s in self.seeds):
-            raise ValueError(f"seeds={self.seeds!r}: give integer seeds")
+        _check_seeds(self.seeds)
         bad = [r for r in self.schedules or [] if r not in ASNI_ROWS]
         if bad: raise ValueError(f"schedules {bad!r}: use rows of Table 2: {', '.join(map(repr, ASNI_ROWS))}")
         if self.convention not in CONVENTIONS: raise ValueError(f"convention={self.convention!r}: use one of {', '.join(map(repr, CONVENTIONS))}")

@@ -270,6 +270,12 @@ def _cmd_run(args) -> int:
         print(f"wrote {_show(d)}/: {' '.join(files)}")
     return 0
 
+def _cmd_check(args) -> int:
+    "Silent, exit 0, when every notebook takes the parameters (checked as `run` checks them); else a UsageError (exit 2)."
+    params = {**parse_parameters(_p_groups(args.p)), **{k: v for k, v in args.r}}   # -r: papermill's raw text, not parsed
+    for name in args.notebooks: run_arguments(name, args.preset, params)
+    return 0
+
 def _left_table(t: pd.DataFrame, width: int) -> str:
     "`t` as left-aligned text columns, each value cut to `width` characters (… marks a cut)."
     cut = lambda v: (v if len(v) <= width else v[:width - 1] + "…")
@@ -311,7 +317,7 @@ def parser() -> argparse.ArgumentParser:
     "The `paper-repro` argument parser."
     ap = argparse.ArgumentParser(prog="paper-repro", description="Experiment notebooks of paper_repro: list them, run one with papermill "
                                  "(as `make repro` does), see the run cache, gather the claims.")
-    sub = ap.add_subparsers(dest="command", required=True, metavar="{list,run,status,claims}")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="{list,run,check,status,claims}")
     ls = sub.add_parser("list", help="experiment notebooks, their parameters and the presets")
     ls.add_argument("notebooks", nargs="*", metavar="NOTEBOOK", help="only these (default: all)")
     ls.add_argument("--json", action="store_true", help="print JSON (title and parameters of each notebook)")
@@ -323,6 +329,14 @@ def parser() -> argparse.ArgumentParser:
                      help="notebook parameters, e.g. -p lam=1.5e-5 (repeatable; papermill's -p lam 1.5e-5 works too; lists as JSON: -p seeds=[0,1])")
     run.add_argument("--progress-bar", action="store_true", help="papermill's cell progress bar")
     run.set_defaults(fn=_cmd_run)
+    ck = sub.add_parser("check", help="check notebooks' parameters as `run` does, running nothing (silent when fine; make repro calls it)")
+    ck.add_argument("notebooks", nargs="+", metavar="NOTEBOOK", help="e.g. fig3; several: each gets the same parameters")
+    ck.add_argument("--preset", help=f"one of auto, {', '.join(PRESETS)}")
+    ck.add_argument("-p", "--parameters", dest="p", action="append", nargs="+", default=[], metavar="NAME=VALUE",
+                    help="as for run (papermill's -p lam 1.5e-5 too); papermill's other options are left to papermill")
+    ck.add_argument("-r", "--parameters_raw", dest="r", action="append", nargs=2, default=[], metavar=("NAME", "VALUE"),
+                    help="papermill's raw parameter: the value as text")
+    ck.set_defaults(fn=_cmd_check)
     st = sub.add_parser("status", help="the run cache: runs by kind, done or partial, size on disk")
     st.add_argument("--root", help="the run cache (default: $PAPER_REPRO_OUTPUTS/runs, else outputs/runs)")
     st.set_defaults(fn=_cmd_status)
@@ -339,7 +353,10 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None, # the arguments (default: sys.argv[1:])
         ) -> int:
     "Run `paper-repro` with `argv`; return the exit code (0 ok, 1 a notebook failed, 2 bad input)."
-    try: args = parser().parse_args(argv)
+    ap = parser()
+    try:
+        args, extra = ap.parse_known_args(argv)   # `check` takes `make repro`'s ARGS whole: papermill's own options are papermill's
+        if extra and args.command != "check": ap.error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as e: return int(e.code or 0)
     try: return args.fn(args)
     except UsageError as e:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import update_bn
 
-from .core import get_device
+from .core import check_finite, get_device
 from .data import DataSplit, TensorLoader, load_dataset
 from .masks import Mask, weights_of, to_plain
 from .recipes import Recipe
@@ -121,10 +121,10 @@ def masked_vectors(a, # a tensor, a list/tuple of tensors, a mapping name -> ten
     ka, pa = _parts(a, "a"); kb, pb = _parts(b, "b")
     if ka != kb: raise ValueError(f"a is a {ka} but b is a {kb}: give both in the same form")
     m = _as_mask(ka, mask)
-    pairs = [_entries(n, pa, pb, m) for n in _names(ka, pa, pb, m)]
-    va, vb = torch.cat([ta for ta, _ in pairs]), torch.cat([tb for _, tb in pairs])
+    pairs = {n: _entries(n, pa, pb, m) for n in _names(ka, pa, pb, m)}
+    va, vb = torch.cat([ta for ta, _ in pairs.values()]), torch.cat([tb for _, tb in pairs.values()])
     if not len(va): raise ValueError("no entry to compare: the mask (or the intersection of the two masks) keeps nothing")
-    if not (bool(torch.isfinite(va).all()) and bool(torch.isfinite(vb).all())): raise ValueError("the compared entries hold inf or nan")
+    check_finite({n: ta for n, (ta, _) in pairs.items()}, "a"); check_finite({n: tb for n, (_, tb) in pairs.items()}, "b")
     return va, vb
 
 # %% ../nbs/15_connectivity.ipynb #7abc4470
@@ -271,6 +271,7 @@ def _path(model_a, model_b, bn, train, bn_batches, batch_size, device):
     pa, pb = (to_plain(copy.deepcopy(m)).to(dev) for m in ends)
     sa, sb = _plain_state(pa), _plain_state(pb)
     _check_pair(pa, pb, sa, sb)
+    check_finite(sa, "model_a"); check_finite(sb, "model_b")   # weights and BatchNorm statistics: a NaN spreads along the whole path
     bn_loader = _bn_loader(pa, bn, train, batch_size, dev)
     net = pa
 
@@ -318,6 +319,7 @@ def interpolate(model_a: nn.Module, # alpha = 0
     rows = [dict(alpha=float(a), **evaluate(net_at(a), loader)) for a in points]
     path = pd.DataFrame(rows, columns=["alpha", "loss", "acc"])
     path["error"] = 1 - path.acc
+    check_finite({c: path[c].to_numpy(float, copy=True) for c in ("loss", "acc")}, "the path")   # finite ends, yet an overflow on the way
     return path
 
 # %% ../nbs/15_connectivity.ipynb #b14b0b21
@@ -327,6 +329,7 @@ def _path_errors(path: pd.DataFrame) -> tuple[float, float, float]:
     "(error at 0, error at 1, largest error on the path)."
     if not isinstance(path, pd.DataFrame) or not {"alpha", "error"} <= set(path.columns):
         raise ValueError(f"path={type(path).__name__}: use the DataFrame from interpolate (columns alpha, error)")
+    check_finite({c: path[c].to_numpy(float, copy=True) for c in ("alpha", "error")}, "path")   # max() would skip a NaN error
     ends = []
     for a in (0.0, 1.0):
         e = path.error[path.alpha == a]

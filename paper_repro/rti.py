@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .core import ExperimentSpec
+from .core import check_finite, ExperimentSpec
 from .imp import IMPResult, imp, imp_rounds
 from .masks import Mask, keep_count
 from .models import prunable_weights
@@ -70,12 +70,14 @@ class Optima:
         if self.index is None: return torch.cat([p.reshape(-1) for p in params])
         return torch.cat([p.reshape(-1)[i.to(p.device)] for p, i in zip(params, self.index)])
 
-    def add(self, optimum: Sequence[torch.Tensor] | Mapping[str, torch.Tensor]) -> Optima:
-        "Store one optimum (tensors shaped like the weights, or a dict in the mask's order)."
-        optimum = _tensors(optimum, "optimum"); self.check(optimum, "optimum")
-        v = self.flat([t.detach().to("cpu", torch.float32) for t in optimum])
+    def add(self, optimum: Sequence[torch.Tensor] | Mapping[str, torch.Tensor], # tensors shaped like the weights, or a dict in the mask's order
+            what: str = "optimum", # what it is, for the messages (e.g. "round 2's trained weights")
+           ) -> Optima:
+        "Store one optimum, checked once here (shapes; finite on the kept entries; not all zero): the loss reads it unchecked every step."
+        optimum = _tensors(optimum, what); self.check(optimum, what)
+        v = check_finite(self.flat([t.detach().to("cpu", torch.float32) for t in optimum]), what)
         norm = v.norm()
-        if norm == 0: raise ValueError("optimum: its masked weights are all zero, so it has no direction")
+        if norm == 0: raise ValueError(f"{what}: its masked weights are all zero, so it has no direction")
         self.rows.append((v/norm).to(torch.float16 if self.half else torch.float32)); self._on = {}
         return self
 
@@ -143,7 +145,7 @@ class Repulsion:
         names, lam_r = list(mask), self.lam_r
         store = Optima([mask[n] for n in names], half=self.half)
         for k in ([r - 1] if self.only_last else range(r)):
-            state = optimum(k); store.add([state[n] for n in names])
+            state = optimum(k); store.add([state[n] for n in names], f"round {k}'s trained weights")
         held = {}
         def repulsion(model: nn.Module) -> torch.Tensor:
             if held.get("model") is not model:
@@ -157,7 +159,8 @@ def remaining_weights(weights: Mapping[str, torch.Tensor], mask: Mask) -> torch.
     "The weights `mask` keeps, over all its tensors, as one float32 vector (for histograms)."
     missing = [n for n in mask if n not in weights]
     if missing: raise ValueError(f"weights lack the mask's tensors {missing}")
-    return torch.cat([weights[n].detach().float().to("cpu")[mask[n].to("cpu")] for n in mask])
+    kept = {n: weights[n].detach().float().to("cpu")[mask[n].to("cpu")] for n in mask}
+    return torch.cat(list(check_finite(kept, "weights").values()))
 
 # %% ../nbs/14_rti.ipynb #e2240ba8
 def pruning_threshold(weights: Mapping[str, torch.Tensor], # a state dict (or name -> tensor) covering the mask's tensors
@@ -176,7 +179,10 @@ def round_statistics(chain: IMPResult, # an `imp` result (or its reinitialisatio
                     ) -> pd.DataFrame:
     "`chain.rounds` (round, density, kept, pre_acc, acc, cached, ...) with each round's `threshold` (`pruning_threshold` of its trained weights)."
     f = chain.ticket.info["fraction"]
-    return chain.rounds.assign(threshold=[pruning_threshold(chain.state(i), chain.mask(i), f) for i in range(len(chain.runs))])
+    def threshold(i):
+        try: return pruning_threshold(chain.state(i), chain.mask(i), f)
+        except ValueError as e: raise ValueError(f"round {i} of the chain: {e}") from None
+    return chain.rounds.assign(threshold=[threshold(i) for i in range(len(chain.runs))])
 
 # %% ../nbs/14_rti.ipynb #7cbd6052
 def _net(data, model, recipe, init, options=None, batch_sizes=(), stable=None, semistable=None, unstable=None) -> dict:
@@ -234,6 +240,20 @@ def setting_label(s: Mapping) -> str:
     if s["weight_decay"] is not None: parts.append(f"wd {s['weight_decay']:g}")
     return ", ".join(parts)
 
+# %% ../nbs/14_rti.ipynb #f1a2b3c4
+def _check_figure(s) -> None:
+    "The rules of `s.figure`'s own knobs against the rounds 0 … rounds − 1 the sweep trains (rti_fig2, rti_fig5, rti_fig8)."
+    R = s.rounds
+    if s.figure == "rti_fig2" and (not s.instability_rounds or any(not 0 <= r < R for r in s.instability_rounds)):
+        raise ValueError(f"instability_rounds={s.instability_rounds!r}: the sweep trains rounds 0 … {R - 1} (rounds={R}); give rounds in 0 … {R - 1}")
+    if s.figure == "rti_fig5" and not 1 <= s.histogram_round < R:
+        raise ValueError(f"histogram_round={s.histogram_round!r}: the sweep trains rounds 0 … {R - 1} (rounds={R}); use 1 … {R - 1}")
+    if s.figure == "rti_fig8":
+        if R < 2: raise ValueError(f"rounds={R!r}: rti_fig8's paths join two successive trained rounds; use rounds >= 2")
+        if any(not 0 <= r <= R - 2 for r in s.paths or []):
+            raise ValueError(f"paths={s.paths!r}: a path goes from round r to r + 1 (rounds={R}); use r in 0 … {R - 2}")
+        if s.batch_size is not None: setting(s.batch_size)
+
 # %% ../nbs/14_rti.ipynb #426c46d0
 @dataclass(frozen=True)
 class RTISpec(ExperimentSpec):
@@ -263,13 +283,14 @@ class RTISpec(ExperimentSpec):
                "rti_fig8": dict(paths=None, batch_size=None)}
 
     def check(self):
-        "A network the preset has; `batch_sizes` (None: the network's) valid batch sizes; rounds >= 1; seeds >= 0."
+        "A network the preset has; `batch_sizes` (None: the network's) valid batch sizes; rounds >= 1; seeds >= 0; the figure's own knobs."
         if self.model not in self.networks:
             raise ValueError(f"model={self.model!r}: the {self.preset} preset has {', '.join(map(repr, self.networks))}")
         if self.batch_sizes is None: object.__setattr__(self, "batch_sizes", list(self.networks[self.model]["batch_sizes"]))
         for b in self.batch_sizes: setting(b)
         if self.rounds < 1: raise ValueError(f"rounds={self.rounds!r}: use an integer >= 1")
         if not self.seeds or any(s < 0 for s in self.seeds): raise ValueError(f"seeds={self.seeds!r}: give integers >= 0")
+        _check_figure(self)
 
 # %% ../nbs/14_rti.ipynb #b30de3fa
 def batch_settings(cfg: Mapping, # a checked RTISpec

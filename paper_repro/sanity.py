@@ -15,7 +15,7 @@ from .data import load_dataset
 from .imp import lottery_sanity, reinitialised
 from .masks import Mask, keep_count, top_count
 from .models import as_generator
-from .core import ExperimentSpec
+from .core import check_finite, ExperimentSpec
 from . import runs
 from .runs import STATS, run_counts
 from .recipes import Recipe
@@ -51,6 +51,7 @@ def invert_check(ticket: Ticket, seed: int = 0, scores: Mapping[str, torch.Tenso
     "Keep, in each layer, as many weights as the ticket does but with the lowest scores (|scores| with `absolute`)."
     scores = scores if scores is not None else ticket.extras.get("scores")
     if scores is None: raise ValueError("score inversion needs the scores: this ticket has no extras['scores'] (give scores=)")
+    check_finite({n: scores[n] for n in ticket.mask}, "scores")   # a NaN score has no rank: the order would mean nothing
     g = as_generator(seed)
     new = {n: _lowest(scores[n].abs() if absolute else scores[n], int(m.sum()), g) for n, m in ticket.mask.items()}
     return ticket.replace(f"invert-{seed}", mask=Mask(new))
@@ -120,9 +121,10 @@ def correlation_indicator(theta_a: Mapping[str, torch.Tensor], # layer name -> w
                          ) -> float:
     "R_p: the overlap of the top-p fraction by magnitude of two weight sets, summed over layers (Ma et al., App. G, eq. 1)."
     _check_rp(theta_a, theta_b, p, mask)
+    pairs = {name: _remaining(name, theta_a, theta_b, mask) for name in theta_a}
+    check_finite({n: a for n, (a, _) in pairs.items()}, "theta_a"); check_finite({n: b for n, (_, b) in pairs.items()}, "theta_b")
     both = top = 0
-    for name in theta_a:
-        a, b = _remaining(name, theta_a, theta_b, mask)
+    for a, b in pairs.values():
         k = keep_count(a.numel(), p)
         if k == 0: continue
         both += int((top_count(a.abs(), k) & top_count(b.abs(), k)).sum()); top += k
@@ -148,6 +150,7 @@ def _check_jackpot(table: pd.DataFrame, tolerance: float, gap: float, min_sparsi
     if not 0 <= min_sparsity < 1: raise ValueError(f"min_sparsity={min_sparsity!r}: use a number in [0, 1)")
     missing = {"variant", "nominal", "lr", "acc"} - set(table.columns)
     if missing: raise ValueError(f"table lacks columns {sorted(missing)} (use lth_sweep(...).table for one network)")
+    check_finite(table.acc.to_numpy(float, copy=True), "table.acc")   # pandas' mean would skip a NaN accuracy silently
     if "network" in table.columns and table.network.nunique() > 1:
         raise ValueError(f"table has networks {sorted(table.network.unique())}: give one network's rows")
 
@@ -376,6 +379,7 @@ def lt_advantage(table: pd.DataFrame, # one network's rows (lth_sweep)
                 ) -> pd.Series:
     "Mean accuracy difference ticket − other over the densities both have, per learning rate."
     other = other or "RR-" + ticket.split("-", 1)[1]
+    check_finite(table.acc.to_numpy(float, copy=True), "table.acc")
     acc = _acc(table)
     if ticket not in acc.index.get_level_values(0) or other not in acc.index.get_level_values(0):
         raise ValueError(f"the table lacks {ticket!r} or {other!r}: it has {sorted(set(acc.index.get_level_values(0)))}")
