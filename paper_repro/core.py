@@ -146,7 +146,7 @@ def check_finite(values, # a tensor, a name -> tensor mapping, or a sequence of 
                 ):
     "`values` unchanged, or a ValueError naming `what`, the tensor, and how many of its entries are NaN or infinite."
     items = values.items() if isinstance(values, typing.Mapping) else [("", values)]
-    tensors = [(n, v if isinstance(v, torch.Tensor) else torch.as_tensor(v, dtype=torch.float64)) for n, v in items]
+    tensors = [(n, v if isinstance(v, torch.Tensor) else torch.tensor(np.array(v, dtype=np.float64))) for n, v in items]  # a copy: pandas columns are read-only
     floats = [(n, t) for n, t in tensors if t.is_floating_point() or t.is_complex()]
     if not floats or bool(torch.stack([torch.isfinite(t).all() for _, t in floats]).all()): return values  # one sync
     for n, t in floats:
