@@ -304,14 +304,15 @@ def _diverged(state: FitState, what: str, epoch: int, i: int, when: str = "at") 
                     f"({state.recipe.optimizer}); lower the learning rate, or pass diverged='record' to fit to stop there and "
                     "record it in the history (e.g. in a learning-rate sweep)", epoch + 1, i + 1, it, lr)
 
-def _check_trained(state: FitState, epoch: int, track: torch.Tensor):
-    "Raise `Diverged` at the first step whose loss is not finite (`track`: the running sums), or if a model tensor is not."
+def _check_trained(state: FitState, epoch: int, track: torch.Tensor, terms: Sequence[str] = ()):
+    "Raise `Diverged` at the first step whose loss (with its extra `terms`) is not finite (`track`: the running sums), or a model tensor."
     floats = {k: v for k, v in state.model.state_dict().items() if v.is_floating_point()}
     ok = torch.stack([torch.isfinite(track).all(), *[torch.isfinite(v).all() for v in floats.values()]])
     if bool(ok.all()): return                                            # the check's one host sync
     if not ok[0]:
         i = int((~torch.isfinite(track)).int().argmax())
-        raise _diverged(state, f"the loss is {float(track[i] - track[i - 1] if i else track[0])}", epoch, i)
+        loss = f"the loss (with {', '.join(terms)})" if terms else "the loss"
+        raise _diverged(state, f"{loss} is {float(track[i] - track[i - 1] if i else track[0])}", epoch, i)
     name = next(k for k, good in zip(floats, ok[1:].tolist()) if not good)
     raise _diverged(state, f"the model's {name!r} is not finite", epoch, len(track) - 1, "after")
 
@@ -330,7 +331,7 @@ def _fit_epoch(p: _FitParts, state: FitState, epoch: int, cbs: list, on_step: li
     sums, n, lr, track = _train_epoch(p, state, epoch, on_step, bar)
     state.epoch, state.logged = epoch + 1, []
     if p.world > 1: dist.all_reduce(sums); dist.all_reduce(track); _average_batchnorm(state.model, p.world)
-    _check_trained(state, epoch, track)
+    _check_trained(state, epoch, track, p.names)
     for c in cbs: c.on_epoch_trained(state)
     results = _epoch_results(p, state.model, sums, n)
     _check_results(state, epoch, results)
