@@ -16,9 +16,9 @@ from torch import nn
 from tqdm import tqdm
 
 from .baselines import small_dense, SmallDense
-from .core import get_device
+from .core import check_finite, get_device
 from .data import DataSplit, load_dataset
-from .masks import Mask, apply_mask, check_density, keep_count, magnitude
+from .masks import Mask, apply_mask, check_density, keep_count, magnitude, weights_of
 from .models import count_parameters, get_model, prunable_weights
 from .runs import CHECKPOINT, STATS, Result, Run, cached_run, run_counts, run_hash
 from .recipes import as_recipe, Recipe, RECIPES
@@ -81,9 +81,13 @@ def imp_prune(mask: Mask, # the mask of round r (a count on the schedule)
     if n not in counts[:-1]:
         raise ValueError(f"the mask keeps {n} of {mask.size} weights, which is {'the target' if n == counts[-1] else 'not a count'} "
                          f"of the schedule to density={density} by fraction={fraction} ({counts[0]}, {counts[1] if len(counts) > 1 else ''}, ..., {counts[-1]})")
-    nxt = counts[counts.index(n) + 1]
+    nxt, w = counts[counts.index(n) + 1], weights_of(weights)
+    check_finite({k: w[k] for k in mask if k in w}, "imp_prune's weights (round r's trained network)")
     new = magnitude(mask, weights, density=density) if nxt == counts[-1] else magnitude(mask, weights, fraction=fraction)
-    assert new.nonzeros == nxt, (new.nonzeros, nxt)
+    if new.nonzeros != nxt:
+        raise RuntimeError(f"imp_prune: magnitude pruning kept {new.nonzeros} of {mask.size} weights, but the schedule to "
+                           f"density={density} by fraction={fraction} asks for {nxt} after {n}; the weights are finite, "
+                           "so they do not match the mask (names, shapes) or `magnitude` broke its exact count")
     return new
 
 # %% ../nbs/13_imp.ipynb #9b9f7f68

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from .core import Timer, get_device, seed_everything
+from .core import Timer, get_device, seed_everything, writing
 from .data import DataSplit, TensorLoader, get_info, load_dataset
 from .masks import Mask, apply_mask, fixed_masks, get_mask, keep_masks, masked_layers
 from .models import get_model
@@ -29,8 +29,8 @@ from .optim import make_optimizer, score_params
 from .recipes import Recipe, as_recipe, get_recipe, lr_at
 
 # %% auto #0
-__all__ = ['HISTORY_COLUMNS', 'evaluate', 'FitState', 'Callback', 'Snapshot', 'train_step', 'as_splits', 'last_value',
-           'fit_seconds', 'fit', 'dist_info', 'is_main']
+__all__ = ['HISTORY_COLUMNS', 'DIVERGED', 'evaluate', 'FitState', 'Callback', 'Snapshot', 'train_step', 'as_splits', 'last_value',
+           'fit_seconds', 'Diverged', 'fit', 'dist_info', 'is_main']
 
 # %% ../nbs/06_train.ipynb #b32f49b2
 @torch.inference_mode()
@@ -149,10 +149,12 @@ def _checkpoint_key(recipe: Recipe, seed: int) -> str:
     return json.dumps(dict(recipe=recipe.to_dict(), seed=seed), sort_keys=True)
 
 def _save_checkpoint(path: Path, state: FitState, rows, callbacks, key, elapsed):
+    "Write the checkpoint to `path`.tmp, then rename it: a failed write (a full disk) removes the .tmp and keeps the last good one."
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(dict(key=key, model=state.model.state_dict(), optimizer=state.optimizer.state_dict(), epoch=state.epoch,
-                    iteration=state.iteration, stop=state.stop, rows=rows, callbacks=[c.state_dict() for c in callbacks],
-                    elapsed=elapsed, rng=torch.get_rng_state()), tmp)
+    with writing(tmp, f"run checkpoint {path}"):
+        torch.save(dict(key=key, model=state.model.state_dict(), optimizer=state.optimizer.state_dict(), epoch=state.epoch,
+                        iteration=state.iteration, stop=state.stop, rows=rows, callbacks=[c.state_dict() for c in callbacks],
+                        elapsed=elapsed, rng=torch.get_rng_state()), tmp)
     os.replace(tmp, path)
 
 def _load_checkpoint(path: Path, state: FitState, callbacks, key, device) -> tuple[list, float]:
@@ -203,6 +205,7 @@ def _fit_setup(model, data, recipe: Recipe, mask, extra_loss, seed: int, device,
     model.to(dev)
     if world > 1: _broadcast_state(model)
     if cuda: model.to(memory_format=torch.channels_last)
+    _check_example(model, splits, dev)
     opt = make_optimizer(model, recipe)
     keep_masks(opt, model)   # projects round-rule scores; the fixed masks are in the optimizer's update
     step = train_step(model, opt, extra_loss, amp) if world == 1 else _shard_step(model, opt, extra_loss, amp, rank, world)
@@ -210,20 +213,23 @@ def _fit_setup(model, data, recipe: Recipe, mask, extra_loss, seed: int, device,
     evals = {k: TensorLoader(_part(v, rank, world), 1000, shuffle=False, device=dev, channels_last=cuda) for k, v in splits.items() if k != "train"}
     return _FitParts(dev, rank, world, opt, step, list(_terms(extra_loss)), loader, evals)
 
-def _train_epoch(p: _FitParts, state: FitState, epoch: int, on_step: list, bar) -> tuple[torch.Tensor, int, float]:
-    "One epoch of steps at the recipe's per-iteration learning rate: (sums of loss, correct and extra terms; examples; last lr)."
+def _train_epoch(p: _FitParts, state: FitState, epoch: int, on_step: list, bar) -> tuple[torch.Tensor, int, float, torch.Tensor]:
+    """One epoch of steps at the recipe's per-iteration learning rate: (sums of loss, correct and extra terms; examples;
+    last lr; the running loss sum after every step, on the device, for the divergence check)."""
     state.model.train()
     p.loader.set_epoch(epoch)
     sums, n = torch.zeros(2 + len(p.names), device=p.dev), 0
+    track = torch.zeros(len(p.loader), device=p.dev)
     for i, (x, y) in enumerate(p.loader):
         lr = lr_at(state.recipe, epoch, (i + 1)/len(p.loader))
         for g in p.opt.param_groups: g["lr"] = lr
         task, correct, extras = p.step(x, y)
         sums += torch.stack([task*len(y), correct.to(task.dtype), *[e.float()*len(y) for e in extras]])
+        track[i] = sums.sum()   # on the device, no sync: NaN and inf stay in a running sum, so its first bad entry is the first bad step
         n += len(y); state.iteration += 1
         for c in on_step: c.on_step(state)
         bar.update()
-    return sums, n, lr
+    return sums, n, lr, track
 
 def _epoch_results(p: _FitParts, model: nn.Module, sums: torch.Tensor, n: int) -> dict[str, dict[str, float]]:
     "Split -> metric -> value: the epoch's running train means, then every other split evaluated."
@@ -237,6 +243,102 @@ def _history_rows(state: FitState, results: Mapping, density: float, lr: float, 
     values = [(k, m, float(v)) for k, r in results.items() for m, v in r.items()] + state.logged
     return [dict(epoch=state.epoch, split=k, metric=m, value=v, density=density, lr=lr, time=now) for k, m, v in values]
 
+# %% ../nbs/06_train.ipynb #7e50cd93
+def _layer(model: nn.Module, last: bool = False) -> str:
+    "The first (or last) module of `model` with parameters of its own, as 'name = Module(...)'."
+    own = [(n, m) for n, m in model.named_modules() if next(m.parameters(recurse=False), None) is not None] or [("", model)]
+    n, m = own[-1 if last else 0]
+    return f"{n or type(model).__name__} = {m}"
+
+def _check_example(model: nn.Module, splits: Mapping[str, DataSplit], dev: torch.device):
+    "One training example through `model` (eval mode, no grad, random state kept): its shape fits, its outputs cover the labels."
+    train, was = splits["train"], model.training
+    model.eval()
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            out = model(train.x[:1].to(dev).float())
+    except RuntimeError as e:
+        raise ValueError(f"the data's examples have shape {train.input_shape} ({train.name!r} {train.split}), but the network "
+                         f"expects another: its first layer is {_layer(model)} ({e}); build it for this input "
+                         "(get_model's in_channels and input_size)") from e
+    finally: model.train(was)
+    classes = max(max(s.num_classes, int(s.y.max()) + 1 if len(s) else 0) for s in splits.values())
+    if out.shape[-1] < classes:
+        raise ValueError(f"the network has {out.shape[-1]} outputs (its last layer is {_layer(model, last=True)}), but the data "
+                         f"has {classes} classes ({train.name!r}, labels 0 to {classes - 1}): build it with num_classes={classes}")
+
+def _as_callbacks(callbacks) -> list[Callback]:
+    "`fit`'s callbacks as `Callback`s (a function is an epoch-end one); a TypeError naming what is neither."
+    if isinstance(callbacks, Callback) or callable(callbacks) or not isinstance(callbacks, Iterable):
+        raise TypeError(f"callbacks={callbacks!r}: use a list of Callbacks or functions state -> None, e.g. [{callbacks!r}]")
+    cbs = list(callbacks)
+    for i, c in enumerate(cbs):
+        if isinstance(c, type) or not callable(c) and not isinstance(c, Callback):
+            raise TypeError(f"callbacks[{i}]={c!r}: use a Callback instance or a function state -> None (called at every epoch end)")
+    return [c if isinstance(c, Callback) else _EpochEnd(c) for c in cbs]
+
+def _checkpoint_path(checkpoint: str | Path | None) -> Path | None:
+    "`checkpoint` as a Path, if its folder exists (fit does not create it, so a mistyped path cannot write elsewhere)."
+    if checkpoint is None: return None
+    path = Path(checkpoint)
+    if path.is_dir(): raise IsADirectoryError(f"checkpoint={str(path)!r} is a folder: give a file in it, e.g. {str(path/'checkpoint.pt')!r}")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"checkpoint={str(path)!r}: its folder {str(path.parent)!r} does not exist; create it first "
+                                "(fit does not, so that a mistyped path cannot put the checkpoint elsewhere)")
+    return path
+
+# %% ../nbs/06_train.ipynb #fd761f61
+class Diverged(FloatingPointError):
+    "Training met a non-finite loss, weight or metric: at `epoch` (1-based), `step` of it (1-based), global `iteration`, `lr`."
+    def __init__(self, message: str, epoch: int, step: int, iteration: int, lr: float):
+        super().__init__(message)
+        self.epoch, self.step, self.iteration, self.lr = epoch, step, iteration, lr
+
+DIVERGED = ("raise", "record")
+
+def _diverged(state: FitState, what: str, epoch: int, i: int, when: str = "at") -> Diverged:
+    "The `Diverged` for `what` at step `i` (0-based) of `epoch` (0-based), the epoch's steps all taken."
+    per = state.iterations_per_epoch
+    it, lr = state.iteration - per + i + 1, lr_at(state.recipe, epoch, (i + 1)/per)
+    return Diverged(f"training diverged: {what} {when} epoch {epoch + 1}, step {i + 1} of {per} (iteration {it}), lr={lr:g} "
+                    f"({state.recipe.optimizer}); lower the learning rate, or pass diverged='record' to fit to stop there and "
+                    "record it in the history (e.g. in a learning-rate sweep)", epoch + 1, i + 1, it, lr)
+
+def _check_trained(state: FitState, epoch: int, track: torch.Tensor, terms: Sequence[str] = ()):
+    "Raise `Diverged` at the first step whose loss (with its extra `terms`) is not finite (`track`: the running sums), or a model tensor."
+    floats = {k: v for k, v in state.model.state_dict().items() if v.is_floating_point()}
+    ok = torch.stack([torch.isfinite(track).all(), *[torch.isfinite(v).all() for v in floats.values()]])
+    if bool(ok.all()): return                                            # the check's one host sync
+    if not ok[0]:
+        i = int((~torch.isfinite(track)).int().argmax())
+        loss = f"the loss (with {', '.join(terms)})" if terms else "the loss"
+        raise _diverged(state, f"{loss} is {float(track[i] - track[i - 1] if i else track[0])}", epoch, i)
+    name = next(k for k, good in zip(floats, ok[1:].tolist()) if not good)
+    raise _diverged(state, f"the model's {name!r} is not finite", epoch, len(track) - 1, "after")
+
+def _check_results(state: FitState, epoch: int, results: Mapping[str, Mapping[str, float]]):
+    "Raise `Diverged` if an epoch's metric (an extra term's mean, a split's loss) is not finite."
+    bad = [(k, m, v) for k, r in results.items() for m, v in r.items() if not math.isfinite(v)]
+    if bad: raise _diverged(state, f"the {bad[0][0]} {bad[0][1]} is {bad[0][2]}", epoch, state.iterations_per_epoch - 1, "after")
+
+def _diverged_row(d: Diverged, model: nn.Module, now: float) -> dict:
+    "The history row `diverged='record'` ends with: the global iteration of the bad step."
+    return dict(epoch=d.epoch, split="train", metric="diverged", value=float(d.iteration), density=get_mask(model).density, lr=d.lr, time=now)
+
+# %% ../nbs/06_train.ipynb #16003a17
+def _fit_epoch(p: _FitParts, state: FitState, epoch: int, cbs: list, on_step: list, bar) -> tuple[dict, float]:
+    "Train, reduce, check, call back and evaluate one epoch: (split -> metric -> value, the last step's lr); or raise `Diverged`."
+    sums, n, lr, track = _train_epoch(p, state, epoch, on_step, bar)
+    state.epoch, state.logged = epoch + 1, []
+    if p.world > 1: dist.all_reduce(sums); dist.all_reduce(track); _average_batchnorm(state.model, p.world)
+    _check_trained(state, epoch, track, p.names)
+    for c in cbs: c.on_epoch_trained(state)
+    results = _epoch_results(p, state.model, sums, n)
+    _check_results(state, epoch, results)
+    for c in cbs: c.on_epoch_end(state)
+    if p.world > 1: state.stop = _any(state.stop, p.dev)
+    return results, lr
+
 # %% ../nbs/06_train.ipynb #6aa34418
 def fit(model: nn.Module, # trained in place
         data: str | Mapping[str, DataSplit], # dataset name, or {"train": ..., "test": ..., ...}
@@ -249,15 +351,16 @@ def fit(model: nn.Module, # trained in place
         device: str | torch.device | None = None, # default: `get_device()`
         amp: bool | None = None, # mixed precision (default: on CUDA only)
         progress: bool = True, # a tqdm bar over the iterations
+        diverged: str = "raise", # a non-finite loss: "raise" `Diverged`, or "record": stop and end the history with a "diverged" row
        ) -> pd.DataFrame:
     """Train `model` by `recipe` on `data` (under `mask`); return the long-format history. `fit` reseeds python's,
     numpy's and torch's global generators with `seed` first (`seed_everything`): one seed decides the run."""
-    recipe = as_recipe(recipe)
+    recipe, cbs, path = as_recipe(recipe), _as_callbacks(callbacks), _checkpoint_path(checkpoint)
+    if diverged not in DIVERGED: raise ValueError(f"diverged={diverged!r}: use one of {DIVERGED}")
     p = _fit_setup(model, data, recipe, mask, extra_loss, seed, device, amp)
-    cbs = [c if isinstance(c, Callback) else _EpochEnd(c) for c in callbacks]
     on_step = [c for c in cbs if type(c).on_step is not Callback.on_step]
     state, rows, elapsed = FitState(model, p.opt, recipe, len(p.loader)), [], 0.0
-    key, path = _checkpoint_key(recipe, seed), Path(checkpoint) if checkpoint is not None else None
+    key = _checkpoint_key(recipe, seed)
     if path is not None and path.exists(): rows, elapsed = _load_checkpoint(path, state, cbs, key, p.dev)
     else:
         for c in cbs: c.on_fit_start(state)
@@ -265,13 +368,10 @@ def fit(model: nn.Module, # trained in place
     with tqdm(total=recipe.epochs*len(p.loader), initial=state.iteration, disable=not progress or p.rank != 0, mininterval=1.0,
               desc=f"fit {recipe.optimizer} lr={recipe.lr:g}", unit="it", leave=True) as bar:
         for epoch in range(state.epoch, state.epoch if state.stop else recipe.epochs):  # a stopped run is finished
-            sums, n, lr = _train_epoch(p, state, epoch, on_step, bar)
-            state.epoch, state.logged = epoch + 1, []
-            if p.world > 1: dist.all_reduce(sums); _average_batchnorm(model, p.world)
-            for c in cbs: c.on_epoch_trained(state)
-            results = _epoch_results(p, model, sums, n)
-            for c in cbs: c.on_epoch_end(state)
-            if p.world > 1: state.stop = _any(state.stop, p.dev)
+            try: results, lr = _fit_epoch(p, state, epoch, cbs, on_step, bar)
+            except Diverged as d:
+                if diverged == "raise": raise                           # the checkpoint stays the last good epoch's
+                rows.append(_diverged_row(d, model, elapsed + timer.elapsed)); break
             now = elapsed + timer.elapsed
             rows += _history_rows(state, results, get_mask(model).density, lr, now)
             bar.set_postfix({f"{k} acc": f"{r['acc']:.3f}" for k, r in results.items()})
