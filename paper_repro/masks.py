@@ -313,17 +313,19 @@ def __getstate__(self: MaskedLayer):
 # %% ../nbs/03_masks.ipynb #33c621fd
 class MaskedConv2d(MaskedLayer, nn.Conv2d):
     "An `nn.Conv2d` with a fixed mask: the plain convolution, on weights kept zero where the mask is (`sync_mask`)."
-    def forward(self, x): return self._conv_forward(x, self.masked_weight(), self.bias)
+    def forward(self, x): self.sync_mask(); return self._conv_forward(x, self.weight, self.bias)
 
 class MaskedLinear(MaskedLayer, nn.Linear):
     "An `nn.Linear` with a fixed mask: the plain linear map, on weights kept zero where the mask is (`sync_mask`)."
-    def forward(self, x): return F.linear(x, self.masked_weight(), self.bias)
+    def forward(self, x): self.sync_mask(); return F.linear(x, self.weight, self.bias)
 
 class ScoredConv2d(MaskedConv2d):
     "An `nn.Conv2d` whose mask is computed from learnable scores in every forward pass (straight-through estimator)."
+    def forward(self, x): return self._conv_forward(x, self.masked_weight(), self.bias)
 
 class ScoredLinear(MaskedLinear):
     "An `nn.Linear` whose mask is computed from learnable scores in every forward pass (straight-through estimator)."
+    def forward(self, x): return F.linear(x, self.masked_weight(), self.bias)
 
 _MASKED = {nn.Conv2d: (MaskedConv2d, ScoredConv2d), nn.Linear: (MaskedLinear, ScoredLinear)}
 
