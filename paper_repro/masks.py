@@ -15,12 +15,14 @@ import torch.nn.functional as F
 from fastcore.basics import patch
 from torch import nn
 
+from .core import check_finite
 from .models import as_generator, kaiming_uniform, prunable_layers, prunable_weights
 
 # %% auto #0
-__all__ = ['RULES', 'check_density', 'keep_count', 'top_count', 'weights_of', 'Mask', 'magnitude', 'random_mask', 'shuffle',
-           'MaskedLayer', 'MaskedConv2d', 'MaskedLinear', 'ScoredConv2d', 'ScoredLinear', 'to_masked', 'masked_layers',
-           'to_plain', 'plain_state', 'get_mask', 'apply_mask', 'fixed_masks', 'enforce_masks', 'keep_masks']
+__all__ = ['RULES', 'check_density', 'keep_count', 'top_count', 'weights_of', 'check_binary', 'Mask', 'magnitude', 'random_mask',
+           'shuffle', 'MaskedLayer', 'MaskedConv2d', 'MaskedLinear', 'ScoredConv2d', 'ScoredLinear', 'to_masked',
+           'masked_layers', 'to_plain', 'plain_state', 'get_mask', 'apply_mask', 'fixed_masks', 'enforce_masks',
+           'keep_masks']
 
 # %% ../nbs/03_masks.ipynb #bfe8b3a8
 def check_density(density, what: str = "density") -> float:
@@ -58,11 +60,24 @@ def weights_of(source) -> dict[str, torch.Tensor]:
                 for n, m in prunable_layers(source).items()}
     return {n: torch.as_tensor(t).detach() for n, t in source.items()}
 
+# %% ../nbs/03_masks.ipynb #6a24e984
+def check_binary(t: torch.Tensor, what: str = "mask") -> torch.Tensor:
+    "`t` unchanged if it holds only 0 and 1 (a bool tensor at once), else a ValueError naming `what` and a bad value."
+    if t.dtype == torch.bool: return t
+    bad = (t != 0) & (t != 1)                        # NaN is neither
+    if bool(bad.any()):                              # one sync: masks are checked when made or changed, never per step
+        raise ValueError(f"{what} holds {t[bad].flatten()[0].item()!r} ({int(bad.sum())} of {t.numel()} entries "
+                         "are neither 0 nor 1): a mask holds 0 (pruned) or 1 (kept)")
+    return t
+
 # %% ../nbs/03_masks.ipynb #46f0bef4
 class Mask(Mapping):
     "Prunable-parameter name -> bool tensor. Immutable by convention: operations return new masks."
     def __init__(self, tensors: Mapping[str, torch.Tensor]):
-        self._t = {n: torch.as_tensor(t).detach().bool() for n, t in tensors.items()}
+        if not isinstance(tensors, Mapping):
+            raise TypeError(f"Mask takes a mapping name -> bool tensor (e.g. Mask.ones(model) or get_mask(model)), "
+                            f"not a {type(tensors).__name__}")
+        self._t = {n: check_binary(torch.as_tensor(t).detach(), f"mask tensor {n!r}").bool() for n, t in tensors.items()}
     def __getitem__(self, name): return self._t[name]
     def __iter__(self) -> Iterator[str]: return iter(self._t)
     def __len__(self): return len(self._t)
@@ -126,10 +141,11 @@ def ones(cls: Mask, model: nn.Module, exclude: Sequence[str] = ()) -> Mask:
 @patch(cls_method=True)
 def from_weights(cls: Mask, source, exclude: Sequence[str] = ()) -> Mask:
     "Keep the non-zero weights of a model (its prunable weights minus `exclude`) or of a name -> tensor mapping."
+    w = weights_of(source)
     if isinstance(source, nn.Module):
-        names = set(prunable_weights(source, exclude))
-        return cls({n: w != 0 for n, w in weights_of(source).items() if n in names})
-    return cls({n: w != 0 for n, w in weights_of(source).items()})
+        names = set(prunable_weights(source, exclude)); w = {n: t for n, t in w.items() if n in names}
+    check_finite(w, "Mask.from_weights: weights")   # NaN != 0 would count as kept
+    return cls({n: t != 0 for n, t in w.items()})
 
 # %% ../nbs/03_masks.ipynb #39c27126
 def _check_match(mask: Mapping[str, torch.Tensor], weights: Mapping[str, torch.Tensor]):
@@ -163,6 +179,7 @@ def magnitude(mask: Mask, # prune among the entries this mask keeps
              ) -> Mask:
     "Keep the largest-magnitude remaining weights: exactly the target count, globally or in every layer."
     w = weights_of(weights); _check_match(mask, w)
+    check_finite({n: w[n] for n in mask}, "magnitude: weights")
     score = {n: torch.where(mask[n].to(w[n].device), w[n].abs().float(), torch.tensor(-1.0, device=w[n].device)) for n in mask}
     if layerwise:
         return Mask({n: top_count(score[n], _target(int(mask[n].sum()), mask[n].numel(), density, fraction)) for n in mask})
@@ -233,30 +250,74 @@ class MaskedLayer:
     "Mixin for `MaskedConv2d` / `MaskedLinear`: a `mask` buffer, and `scores` + `rule` for learnable masks."
     rule: str = "fixed"
     keep: int = 0  # entries `topk` keeps
+    weight_name: str = ""  # the weight's name in its model, for messages
+    _synced = None  # (mask buffer, its _version) when the weights last agreed with it: see `sync_mask`
 
     def current_mask(self) -> torch.Tensor:
         "The binary mask the forward pass uses (no gradient)."
+        self.sync_mask()
         if self.rule == "fixed": return self.mask.bool()
         with torch.no_grad(): return _STE.apply(self.scores, self.rule, self.keep).bool() & self.mask.bool()
 
     def effective_weight(self) -> torch.Tensor:
         "The weight the layer computes with, w ⊙ mask (detached)."
+        self.sync_mask()
         if self.rule == "fixed": return self.weight.detach()
         return (self.weight * self.current_mask()).detach()
 
     def masked_weight(self) -> torch.Tensor:
-        "w ⊙ mask, with the straight-through estimator in the graph for learnable masks."
+        "w ⊙ mask, with the straight-through estimator in the graph for learnable masks (what forward computes with)."
+        self.sync_mask()
         if self.rule == "fixed": return self.weight
         return self.weight * (_STE.apply(self.scores, self.rule, self.keep) * self.mask)
 
     def extra_repr(self): return super().extra_repr() + f", rule={self.rule}" + (f", keep={self.keep}" if self.rule == "topk" else "")
 
+# %% ../nbs/03_masks.ipynb #a58b17bc
+@patch
+def sync_mask(self: MaskedLayer):
+    "Make the weights agree with the mask buffer if it changed since they last did (an identity and an int compare)."
+    m, s = self._buffers["mask"], self._synced
+    if s is None or s[0] is not m or s[1] != m._version: self._resync(m)
+
+@patch
+def _resync(self: MaskedLayer, m: torch.Tensor, check: bool = True):
+    "Refuse a non-binary mask, zero the weights a fixed mask prunes, and remember the buffer and its version."
+    if check: check_binary(m, f"the mask of {self.weight_name or type(self).__name__!r}")
+    if self.rule == "fixed":
+        with torch.no_grad(): self.weight.mul_(m)
+    self.__dict__["_synced"] = (m, m._version)
+
+# %% ../nbs/03_masks.ipynb #d0e87f56
+@patch
+def __setattr__(self: MaskedLayer, name: str, value):
+    "`layer.mask = t` copies `t` into the mask buffer in place (the optimizers and `keep_masks` hold that buffer)."
+    old = self.__dict__.get("_buffers", {}).get("mask") if name == "mask" else None
+    if not (isinstance(old, torch.Tensor) and isinstance(value, torch.Tensor)): return nn.Module.__setattr__(self, name, value)
+    what = f"the mask of {self.weight_name or type(self).__name__!r}"
+    if value.shape != old.shape: raise ValueError(f"{what}: a tensor of shape {tuple(value.shape)} for a mask of shape {tuple(old.shape)}")
+    with torch.no_grad(): old.copy_(check_binary(value, what))
+
+@patch
+def _save_to_state_dict(self: MaskedLayer, *args):
+    self.sync_mask(); nn.Module._save_to_state_dict(self, *args)   # a saved state is never behind its mask
+
+@patch
+def _load_from_state_dict(self: MaskedLayer, *args):
+    nn.Module._load_from_state_dict(self, *args); self.__dict__["_synced"] = None   # loaded: checked at the next use
+
+@patch
+def __getstate__(self: MaskedLayer):
+    return {k: v for k, v in nn.Module.__getstate__(self).items() if k != "_synced"}   # a copy checks its mask afresh
+
 # %% ../nbs/03_masks.ipynb #33c621fd
 class MaskedConv2d(MaskedLayer, nn.Conv2d):
-    "An `nn.Conv2d` with a fixed mask: its weights are kept zero where the mask is, so it runs the plain forward pass."
+    "An `nn.Conv2d` with a fixed mask: the plain convolution, on weights kept zero where the mask is (`sync_mask`)."
+    def forward(self, x): self.sync_mask(); return self._conv_forward(x, self.weight, self.bias)
 
 class MaskedLinear(MaskedLayer, nn.Linear):
-    "An `nn.Linear` with a fixed mask: its weights are kept zero where the mask is, so it runs the plain forward pass."
+    "An `nn.Linear` with a fixed mask: the plain linear map, on weights kept zero where the mask is (`sync_mask`)."
+    def forward(self, x): self.sync_mask(); return F.linear(x, self.weight, self.bias)
 
 class ScoredConv2d(MaskedConv2d):
     "An `nn.Conv2d` whose mask is computed from learnable scores in every forward pass (straight-through estimator)."
@@ -301,17 +362,16 @@ def _mask_layer(name: str, layer: nn.Module, m, rule: str, density, scores, g: t
     if not isinstance(layer, MaskedLayer) and type(layer) is not base:
         raise ValueError(f"{name}: {type(layer).__name__} is a subclass of {base.__name__} with its own forward; cannot mask it")
     layer.__class__ = _MASKED[base][rule != "fixed"]
-    w = layer.weight
+    layer.weight_name, w = name, layer.weight
     if isinstance(layer._buffers.get("mask"), torch.Tensor) and layer.mask.dtype == w.dtype:
         layer.mask.copy_(m)                  # in place: hooks holding the buffer (keep_masks) see the new mask
     else: layer.register_buffer("mask", torch.as_tensor(m).to(w.device, w.dtype, copy=True))
     layer.rule = rule
-    if rule == "fixed":
-        layer.register_parameter("scores", None)
-        with torch.no_grad(): w.mul_(layer.mask)
-        return
-    layer.keep = keep_count(w.numel(), density) if rule == "topk" else 0
-    layer.register_parameter("scores", nn.Parameter(_scores_for(name, w, scores, g).to(w.device, w.dtype)))
+    if rule == "fixed": layer.register_parameter("scores", None)
+    else:
+        layer.keep = keep_count(w.numel(), density) if rule == "topk" else 0
+        layer.register_parameter("scores", nn.Parameter(_scores_for(name, w, scores, g).to(w.device, w.dtype)))
+    layer._resync(layer.mask, check=False)   # fixed: zero the pruned weights (to_masked checked that the mask is binary)
 
 # %% ../nbs/03_masks.ipynb #9aaf2131
 def to_masked(model: nn.Module, # any model; its prunable Conv2d/Linear layers become masked (in place)
@@ -327,6 +387,7 @@ def to_masked(model: nn.Module, # any model; its prunable Conv2d/Linear layers b
     if mask is None: mask = Mask.ones(model, exclude)
     layers = prunable_layers(model)
     _check_match(mask, layers)
+    for n, t in mask.items(): check_binary(torch.as_tensor(t), f"mask tensor {n!r}")   # 0.5 would scale the weight
     if rule == "topk": _check_topk(mask, layers, density)   # checked before any layer changes
     g = as_generator(seed)
     for name, m in mask.items(): _mask_layer(name, layers[name], m, rule, density, scores, g)
@@ -344,7 +405,7 @@ def to_plain(model: nn.Module) -> nn.Module:
         with torch.no_grad(): layer.weight.mul_(layer.current_mask().to(layer.weight.dtype))
         del layer._buffers["mask"]
         if "scores" in layer._parameters: del layer._parameters["scores"]
-        for a in ("rule", "keep"): layer.__dict__.pop(a, None)
+        for a in ("rule", "keep", "weight_name", "_synced"): layer.__dict__.pop(a, None)
         layer.__class__ = nn.Conv2d if isinstance(layer, nn.Conv2d) else nn.Linear
     return model
 
@@ -383,7 +444,8 @@ def _enforcer(model: nn.Module, skip: Iterable[torch.Tensor] = ()):
     return enforce
 
 def enforce_masks(model: nn.Module) -> nn.Module:
-    "Zero the pruned weights of fixed-mask layers and project round-rule scores to [0, 1], once."
+    "Zero the pruned weights of fixed-mask layers and project round-rule scores to [0, 1], once (masks checked binary)."
+    for l in masked_layers(model).values(): l.sync_mask()
     _enforcer(model)(); return model
 
 # %% ../nbs/03_masks.ipynb #0c0da832

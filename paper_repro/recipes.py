@@ -15,7 +15,7 @@ __all__ = ['OPTIMIZERS', 'TRAINS', 'SCHEDULES', 'TABLE15', 'TABLE15_NESTEROV', '
            'as_recipe']
 
 # %% ../nbs/04_recipes.ipynb #2a9361cb
-OPTIMIZERS = ("sgd", "adam")
+OPTIMIZERS = ("sgd", "adam", "adamw")
 TRAINS = ("weights", "scores", "both")
 
 def _number(name, v, lo=None, hi=None, lo_open=False, hi_open=False, integer=False):
@@ -28,12 +28,12 @@ def _number(name, v, lo=None, hi=None, lo_open=False, hi_open=False, integer=Fal
 @dataclass(frozen=True)
 class Recipe:
     "How to train: optimizer, learning-rate schedule, epochs, batch, augmentation and what trains."
-    optimizer: str = "sgd"          # "sgd" or "adam"
+    optimizer: str = "sgd"          # "sgd", "adam" or "adamw"
     lr: float = 0.1                 # peak learning rate
     momentum: float = 0.9           # sgd
     nesterov: bool = False          # sgd
-    weight_decay: float = 5e-4      # L2 penalty added to the gradient (as torch.optim.SGD/Adam do)
-    betas: tuple[float, float] = (0.9, 0.999)  # adam
+    weight_decay: float = 5e-4      # sgd, adam: L2 penalty added to the gradient; adamw: decoupled, w ← w·(1 − lr·wd)
+    betas: tuple[float, float] = (0.9, 0.999)  # adam, adamw
     schedule: str = "cosine"        # a name in SCHEDULES: "constant", "cosine", "multistep"
     milestones: tuple[int, ...] = ()  # multistep: epochs after which the rate is multiplied by gamma
     gamma: float = 0.1              # multistep

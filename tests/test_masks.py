@@ -283,7 +283,7 @@ def test_shuffle_keeps_counts_changes_positions_and_is_seeded():
 # ---------------------------------------------------------------- 3. the Mask value type
 
 def test_size_nonzeros_density_by_hand():
-    m = Mask({"a": torch.tensor([[1, 0], [1, 1]]), "b": torch.tensor([0.0, 0.0, 2.0])})
+    m = Mask({"a": torch.tensor([[1, 0], [1, 1]]), "b": torch.tensor([0.0, 0.0, 1.0])})
     assert all(t.dtype == torch.bool for t in m.values())
     assert (m.size, m.nonzeros) == (7, 4)
     assert m.density == pytest.approx(4 / 7)
