@@ -198,8 +198,9 @@ def work_of(tmp_path):
     return work
 
 
-@pytest.mark.parametrize("text", ["", "{garbage", f"{socket.gethostname()} 1", "[1, 2, 3]", '{"host": "h"}'],
-                         ids=["empty", "garbage", "old-format-pid-1", "json-list", "json-without-pid"])
+@pytest.mark.parametrize("text", ["", "{garbage", f"{socket.gethostname()} 1", "[1, 2, 3]", '{"host": "h"}',
+                                  json.dumps(dict(host=socket.gethostname(), pid=0))],
+                         ids=["empty", "garbage", "old-format-pid-1", "json-list", "json-without-pid", "pid-0"])
 def test_unreadable_lock_is_taken_over_at_once(tmp_path, text):
     fn, calls = toy()
     (work_of(tmp_path)/"lock").write_text(text)
