@@ -106,6 +106,20 @@ def test_damaged_run_is_recomputed(tmp_path, damage, monkeypatch):
     recomputed(tmp_path, fn, calls, match)
 
 
+def test_emptied_done_still_loads_by_the_manifest(tmp_path, monkeypatch):
+    """`done` is a marker: emptied, it no longer records the manifest's checksum, and the run is checked by its
+    manifest alone (whole here: loaded, no warning, fn not called)."""
+    fn, calls = toy()
+    run = cached_run("toy", CONFIG, fn, root=tmp_path)
+    (run.path/"done").write_text("")
+    monkeypatch.setattr(runs, "_VERIFIED", {})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = cached_run("toy", CONFIG, fn, root=tmp_path)
+    assert again.cached and calls["n"] == 1
+    assert_whole(again)
+
+
 def test_damage_found_without_clearing_the_memo(tmp_path):
     """In the same process, a file whose size changed is found by the per-load stat alone."""
     fn, calls = toy()
