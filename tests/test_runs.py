@@ -1,4 +1,5 @@
 """paper_repro.runs: canonical configs and hashes, hits and misses, killed runs, locks, what a run stores."""
+import json
 import os
 import socket
 import sys
@@ -79,7 +80,7 @@ def test_same_config_loads_without_calling(tmp_path):
     assert torch.equal(b.tensors["mask"], torch.tensor([True, True, False, False]))
     assert torch.equal(b.tensors["nested"]["w"], torch.full((2, 2), 3.0)) and b.info == dict(best=6.0)
     assert b.config == dict(x=3) and b.record["kind"] == "toy" and b.record["key"] == b.key
-    assert sorted(p.name for p in b.path.iterdir()) == ["config.json", "done", "history.parquet", "info.json", "tensors.pt"]
+    assert sorted(p.name for p in b.path.iterdir()) == ["config.json", "done", "history.parquet", "info.json", "manifest.json", "tensors.pt"]
     torch.load(b.path / "tensors.pt", weights_only=True)        # safe loading works
 
 
@@ -138,18 +139,24 @@ def test_folder_without_done_is_not_a_run(tmp_path):
 
 
 def test_lock(tmp_path):
+    """A lock names its holder: a live one (pid 1 with its start time; another host's with a fresh heartbeat) is
+    waited for, a stale one (heartbeat too old, dead pid) is taken over; the lock taken is this process's, in JSON."""
     work = tmp_path / "k.partial"; work.mkdir()
-    (work / "lock").write_text(f"{socket.gethostname()} 1")                # pid 1 is alive
-    with pytest.raises(RuntimeError, match="being computed by process 1"):
+    (work / "lock").write_text(json.dumps(runs.lock_record(1)))           # pid 1 is alive
+    with pytest.raises(RuntimeError, match="being computed by process 1 on host"):
         runs._lock(work, wait=0)
-    (work / "lock").write_text("some-other-host 123")                  # another host, its folder changed just now
+    (work / "lock").write_text(json.dumps(dict(runs.lock_record(123), host="some-other-host")))   # another host, heartbeat now
     with pytest.raises(RuntimeError, match="some-other-host"):
         runs._lock(work, wait=0)
     old = time.time() - runs.STALE_AFTER - 10                           # ... and long ago: stale, taken over
-    for p in (work / "lock", work): os.utime(p, (old, old))
-    assert runs._lock(work, wait=0).read_text() == f"{socket.gethostname()} {os.getpid()}"
-    (work / "lock").write_text(f"{socket.gethostname()} 999999999")        # a dead process's lock is taken over
-    assert runs._lock(work).read_text() == f"{socket.gethostname()} {os.getpid()}"
+    os.utime(work / "lock", (old, old))
+    held = runs._lock(work, wait=0)
+    assert json.loads((work / "lock").read_text())["pid"] == os.getpid() and json.loads((work / "lock").read_text())["host"] == socket.gethostname()
+    held.release(); assert not (work / "lock").exists()
+    (work / "lock").write_text(json.dumps(runs.lock_record(999999999)))   # a dead process's lock is taken over
+    held = runs._lock(work)
+    assert json.loads((work / "lock").read_text())["pid"] == os.getpid()
+    held.release()
 
 
 def test_default_root_is_outputs_runs(tmp_path, monkeypatch):

@@ -1,5 +1,6 @@
 """paper_repro.runs.sweep: every executor gives serial's results; a killed sweep recomputes only its unfinished runs;
 two processes that need one run compute it once; bad executors and missing extras are clear errors."""
+import json
 import os
 import signal
 import subprocess
@@ -171,7 +172,7 @@ def test_second_process_waits_for_the_run(tmp_path):
 
 def test_lock_wait_gives_up(tmp_path):
     work = tmp_path/"k.partial"; work.mkdir()
-    (work/"lock").write_text(f"{os.uname().nodename} 1")                 # pid 1 is alive
+    (work/"lock").write_text(json.dumps(runs.lock_record(1)))              # pid 1 is alive (and its start time is right)
     t0 = time.time()
     with pytest.raises(RuntimeError, match="being computed by process 1"):
         runs._lock(work, wait=0.5)
