@@ -11,7 +11,7 @@ import pytest
 
 from paper_repro.cli import UsageError, main, notebook_parameters, parse_parameters, parse_value, run_status, scan_runs
 from paper_repro.core import experiment_notebooks
-from paper_repro.runs import CHECKPOINT
+from paper_repro.runs import CHECKPOINT, lock_record
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.heavy   # runs notebooks and the console script
@@ -120,11 +120,11 @@ def make_cache(root: Path):
     (done2 / "done").write_text("x")
     live = root / "gem_miner-fedcba9876543210.partial"              # held by a live process, resumable
     live.mkdir()
-    (live / "lock").write_text(f"{socket.gethostname()} 1")                 # pid 1 is alive
+    (live / "lock").write_text(json.dumps(lock_record(1)))                 # pid 1 is alive (with its start time)
     (live / CHECKPOINT).write_bytes(b"0" * 500)
     dead = root / "imp-round-00000000000000aa.partial"              # killed: its process is gone
     dead.mkdir()
-    (dead / "lock").write_text(f"{socket.gethostname()} 999999999")
+    (dead / "lock").write_text(json.dumps(lock_record(999999999)))
     nodone = root / "imp-round-00000000000000bb"                    # looks final but has no `done`: not a finished run
     nodone.mkdir()
     (root / "README.txt").write_text("not a run")
@@ -137,9 +137,9 @@ def test_status_counts_runs_by_kind(tmp_path):
     assert len(runs) == 5 and set(runs.kind) == {"gem_miner", "imp-round"}
     st = run_status(tmp_path)
     assert list(st.columns) == ["done", "partial", "running", "resumable", "bytes"]
-    lock = len(f"{socket.gethostname()} 1")
+    lock = (tmp_path / "gem_miner-fedcba9876543210.partial" / "lock").stat().st_size
     assert st.loc["gem_miner"].tolist() == [1, 1, 1, 1, len("2026-01-01\n") + 3000 + lock + 500]
-    assert st.loc["imp-round"].tolist() == [1, 2, 0, 0, 1 + len(f"{socket.gethostname()} 999999999")]
+    assert st.loc["imp-round"].tolist() == [1, 2, 0, 0, 1 + (tmp_path / "imp-round-00000000000000aa.partial" / "lock").stat().st_size]
     assert st.loc["total", ["done", "partial", "running", "resumable"]].tolist() == [2, 3, 1, 1]
     assert st.loc["total", "bytes"] == st.loc[["gem_miner", "imp-round"], "bytes"].sum()
 
@@ -151,7 +151,8 @@ def test_status_command(capsys, tmp_path, monkeypatch):
     assert code == 0 and str(tmp_path / "runs") in out
     rows = {line.split()[0]: line.split() for line in out.splitlines()[2:]}
     assert rows["gem_miner"][1:5] == ["1", "1", "1", "1"] and rows["total"][1:3] == ["2", "3"]
-    assert rows["gem_miner"][5:] == ["3.5", "kB"]
+    total = run_status(tmp_path / "runs").loc["gem_miner", "bytes"]        # the lock's JSON is ~100 bytes
+    assert 3500 < total < 3800 and rows["gem_miner"][5:] == [f"{total / 1000:.1f}", "kB"]
     code, out, _ = cli(capsys, "status", "--root", str(tmp_path / "empty"))
     assert code == 0 and "does not exist yet" in out and out.splitlines()[-1].split()[:3] == ["total", "0", "0"]
 
