@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from .core import Timer, get_device, seed_everything, writing
 from .data import DataSplit, TensorLoader, get_info, load_dataset
-from .masks import Mask, apply_mask, fixed_masks, get_mask, keep_masks, masked_layers
+from .masks import Mask, apply_mask, fixed_masks, get_mask, keep_masks, masked_layers, weights_of
 from .models import get_model
 from .optim import make_optimizer, score_params
 from .recipes import Recipe, as_recipe, get_recipe, lr_at
@@ -321,9 +321,15 @@ def _check_results(state: FitState, epoch: int, results: Mapping[str, Mapping[st
     bad = [(k, m, v) for k, r in results.items() for m, v in r.items() if not math.isfinite(v)]
     if bad: raise _diverged(state, f"the {bad[0][0]} {bad[0][1]} is {bad[0][2]}", epoch, state.iterations_per_epoch - 1, "after")
 
+def _kept_fraction(model: nn.Module) -> float:
+    "The density of `model` after divergence: its masks', else its non-zero weights' (NaN counts as kept: still dense)."
+    if masked_layers(model): return get_mask(model).density
+    w = weights_of(model).values()
+    return sum(int((t != 0).sum()) for t in w) / max(1, sum(t.numel() for t in w))
+
 def _diverged_row(d: Diverged, model: nn.Module, now: float) -> dict:
     "The history row `diverged='record'` ends with: the global iteration of the bad step."
-    return dict(epoch=d.epoch, split="train", metric="diverged", value=float(d.iteration), density=get_mask(model).density, lr=d.lr, time=now)
+    return dict(epoch=d.epoch, split="train", metric="diverged", value=float(d.iteration), density=_kept_fraction(model), lr=d.lr, time=now)
 
 # %% ../nbs/06_train.ipynb #16003a17
 def _fit_epoch(p: _FitParts, state: FitState, epoch: int, cbs: list, on_step: list, bar) -> tuple[dict, float]:

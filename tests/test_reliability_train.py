@@ -79,6 +79,13 @@ def test_record_returns_the_good_epochs_and_a_diverged_row():
     last = h.iloc[-1]
     assert (last.epoch, last.split, last.metric, last.value, last.lr) == (2, "train", "diverged", k + 1, SGD.lr)
     assert h.value.map(math.isfinite).all()                       # no NaN reaches the history
+    assert last.density == 1.0                                    # a dense network with a NaN weight is still dense
+
+
+def test_record_of_a_masked_run_keeps_its_mask_density():
+    m = net(); mask = Mask({n: torch.rand(t.shape, generator=torch.Generator().manual_seed(0)) < 0.3 for n, t in Mask.ones(m).items()})
+    h = train(m, callbacks=[NaNAt(PER + 2)], mask=mask, diverged="record")
+    assert h.iloc[-1].metric == "diverged" and h.iloc[-1].density == pytest.approx(mask.density)
 
 
 def test_lr_sweep_with_record_marks_only_the_diverged_rate():
