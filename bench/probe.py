@@ -417,6 +417,15 @@ def _(): cli_case("run", "asni_fig2", "-p", "seeds", "-1", words=("seed",))
 @case("parameters", "paper-repro run fig3 -p preset huge")
 def _(): cli_case("run", "fig3", "-p", "preset", "huge", words=("preset",))
 
+@case("parameters", "paper-repro run fig1 -p network nosuch (a notebook that has the knob)")
+def _(): cli_case("run", "fig1", "-p", "network", "nosuch", words=("nosuch",))
+
+@case("parameters", "paper-repro run rti_fig8 -p batch_size 0 (a notebook that has the knob)")
+def _(): cli_case("run", "rti_fig8", "-p", "batch_size", "0", words=("batch_size=0",))
+
+@case("parameters", "paper-repro check rti_fig8 -p rounds 1")
+def _(): cli_case("check", "rti_fig8", "-p", "rounds", "1", words=("rounds=1",))
+
 @case("errors", "an unknown optimizer in a recipe")
 def _(): expect(lambda: Recipe(optimizer="lion"), ValueError, "lion", "adamw")
 
