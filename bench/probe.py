@@ -159,14 +159,15 @@ def _():
 
 
 # ---------------------------------------------------------------------------------------------------------- locks
-def locked(text: str, limit: float = 20.0):
-    "A run whose work folder holds a lock with `text`: it must be taken over (computed) promptly, not waited for."
+def locked(text: str, limit: float = 20.0, age: float = 0.0):
+    "A run whose work folder holds a lock with `text`, last written `age` s ago: it must be taken over promptly, not waited for."
     with cache() as root:
         key = runs.run_hash("probe", dict(i=0), 0)
         work = root/f"probe-{key}.partial"; work.mkdir(parents=True)
         (work/"lock").write_text(text)
+        then = time.time() - age; os.utime(work/"lock", (then, then)); os.utime(work, (then, then))
         t0 = time.monotonic()
-        try: r = runs.cached_run("probe", dict(i=0), _store, version=0, root=root, wait=limit)
+        try: runs.cached_run("probe", dict(i=0), _store, version=0, root=root, wait=limit)
         except Exception as e: raise Outcome("silent", f"blocked: {type(e).__name__}: {str(e)[:150]}")
         dt = time.monotonic() - t0
         handled(len(CALLS) == 1 and dt < 10, f"taken over in {dt:.2f} s", f"took {dt:.1f} s")
@@ -251,17 +252,18 @@ def cli_case(*args, words=()):
     raise Outcome("poor error" if missing else "clear error", f"exit 2 in {dt:.1f} s: {last[:170]}")
 
 
-@case("parameters", "paper-repro run fig3 -p lam -1")
-def _(): cli_case("run", "fig3", "-p", "lam", "-1", words=("lam=-1",))
+def cli_cases(rows):
+    "One case per (console-script arguments, words the message must hold): it must exit 2 before any kernel starts."
+    for args, words in rows:
+        case("parameters", "paper-repro " + " ".join(args))(lambda args=args, words=words: cli_case(*args, words=words))
 
-@case("parameters", "paper-repro run fig3 -p density 0")
-def _(): cli_case("run", "fig3", "-p", "density", "0", words=("density=0",))
 
-@case("parameters", "paper-repro run fig3 -p batch_size 0")
-def _(): cli_case("run", "fig3", "-p", "batch_size", "0", words=("batch_size",))
-
-@case("parameters", "paper-repro run fig3 -p network nosuch")
-def _(): cli_case("run", "fig3", "-p", "network", "nosuch", words=("network",))
+cli_cases([
+    (("run", "fig3", "-p", "lam", "-1"), ("lam=-1",)),
+    (("run", "fig3", "-p", "density", "0"), ("density=0",)),
+    (("run", "fig3", "-p", "batch_size", "0"), ("batch_size",)),
+    (("run", "fig3", "-p", "network", "nosuch"), ("network",)),
+])
 
 
 # ------------------------------------------------------------------------------------------------------ poor errors
@@ -349,17 +351,7 @@ def _():
 def _(): locked(f"{socket.gethostname()} {os.getppid()}")
 
 @case("locks", "a lock whose holder's heartbeat stopped 2 hours ago (another host)")
-def _():
-    with cache() as root:
-        key = runs.run_hash("probe", dict(i=0), 0)
-        work = root/f"probe-{key}.partial"; work.mkdir(parents=True)
-        text = json.dumps(dict(host="elsewhere", pid=4242, start=None, started=time.time() - 7300))
-        (work/"lock").write_text(text); old = time.time() - 7200
-        os.utime(work/"lock", (old, old)); os.utime(work, (old, old))
-        t0 = time.monotonic()
-        try: runs.cached_run("probe", dict(i=0), _store, version=0, root=root, wait=20)
-        except Exception as e: raise Outcome("silent", f"blocked: {type(e).__name__}: {str(e)[:150]}")
-        handled(len(CALLS) == 1, f"taken over in {time.monotonic() - t0:.2f} s", "not computed")
+def _(): locked(json.dumps(dict(host="elsewhere", pid=4242, start=None, started=time.time() - 7300)), age=7200)
 
 @case("locks", "a live holder (a sleeping child process on this host): waited for, and the wait names it")
 def _():
@@ -408,23 +400,14 @@ def _():
     if p.returncode == 0 or started: raise Outcome("silent", f"exit {p.returncode} after {dt:.0f} s; a kernel started: {started}")
     raise Outcome("clear error" if "lam=-1" in out else "poor error", f"exit {p.returncode} in {dt:.1f} s: " + out.strip().splitlines()[-1][:150])
 
-@case("parameters", "paper-repro run rti_fig2 -p instability_rounds 99")
-def _(): cli_case("run", "rti_fig2", "-p", "instability_rounds", "99", words=("instability_rounds",))
-
-@case("parameters", "paper-repro run asni_fig2 -p seeds -1")
-def _(): cli_case("run", "asni_fig2", "-p", "seeds", "-1", words=("seed",))
-
-@case("parameters", "paper-repro run fig3 -p preset huge")
-def _(): cli_case("run", "fig3", "-p", "preset", "huge", words=("preset",))
-
-@case("parameters", "paper-repro run fig1 -p network nosuch (a notebook that has the knob)")
-def _(): cli_case("run", "fig1", "-p", "network", "nosuch", words=("nosuch",))
-
-@case("parameters", "paper-repro run rti_fig8 -p batch_size 0 (a notebook that has the knob)")
-def _(): cli_case("run", "rti_fig8", "-p", "batch_size", "0", words=("batch_size=0",))
-
-@case("parameters", "paper-repro check rti_fig8 -p rounds 1")
-def _(): cli_case("check", "rti_fig8", "-p", "rounds", "1", words=("rounds=1",))
+cli_cases([
+    (("run", "rti_fig2", "-p", "instability_rounds", "99"), ("instability_rounds",)),
+    (("run", "asni_fig2", "-p", "seeds", "-1"), ("seed",)),
+    (("run", "fig3", "-p", "preset", "huge"), ("preset",)),
+    (("run", "fig1", "-p", "network", "nosuch"), ("nosuch",)),
+    (("run", "rti_fig8", "-p", "batch_size", "0"), ("batch_size=0",)),
+    (("check", "rti_fig8", "-p", "rounds", "1"), ("rounds=1",)),
+])
 
 @case("errors", "an unknown optimizer in a recipe")
 def _(): expect(lambda: Recipe(optimizer="lion"), ValueError, "lion", "adamw")

@@ -37,9 +37,9 @@ from .core import EXECUTORS, EXTRAS, Timer, check_executor, executor_module, out
 from .train import dist_info
 
 # %% auto #0
-__all__ = ['ENGINE_VERSION', 'STATS', 'KIND', 'RUN_FOLDER', 'CHECKPOINT', 'MANIFEST', 'NOT_LISTED', 'HEARTBEAT', 'STALE_AFTER',
-           'LOCK_POLL', 'WAIT_REPORT', 'OPTIONS_ENV', 'jsonable', 'canonical', 'run_hash', 'Result', 'Run',
-           'run_counts', 'runs_root', 'CorruptRunWarning', 'write_manifest', 'verify_run', 'process_start',
+__all__ = ['ENGINE_VERSION', 'READERS', 'STATS', 'KIND', 'RUN_FOLDER', 'CHECKPOINT', 'MANIFEST', 'NOT_LISTED', 'HEARTBEAT',
+           'STALE_AFTER', 'LOCK_POLL', 'WAIT_REPORT', 'OPTIONS_ENV', 'jsonable', 'canonical', 'run_hash', 'Result',
+           'Run', 'run_counts', 'runs_root', 'CorruptRunWarning', 'write_manifest', 'verify_run', 'process_start',
            'lock_record', 'lock_holder', 'cached_run', 'executor_options', 'cpu_cores', 'sweep']
 
 # %% ../nbs/07_runs.ipynb #f59bcf1a
@@ -85,6 +85,10 @@ class Result:
     tensors: dict = field(default_factory=dict)
     info: dict = field(default_factory=dict)
 
+READERS = {"config.json": lambda p: json.loads(p.read_text()), "info.json": lambda p: json.loads(p.read_text()),
+           "history.parquet": pd.read_parquet, "tensors.pt": lambda p: torch.load(p, map_location="cpu", weights_only=True)}
+# the files every run has, and how they are read: by `Run`, and once by `verify_run` for a run without a manifest
+
 @dataclass
 class Run:
     "A finished run in the cache: its folder, and its files read on first use."
@@ -94,15 +98,15 @@ class Run:
     cached: bool     # loaded from the cache (True) or computed by this call (False)
 
     @cached_property
-    def record(self) -> dict: return json.loads((self.path/"config.json").read_text())
+    def record(self) -> dict: return READERS["config.json"](self.path/"config.json")
     @property
     def config(self) -> dict: return self.record["config"]
     @cached_property
-    def history(self) -> pd.DataFrame: return pd.read_parquet(self.path/"history.parquet")
+    def history(self) -> pd.DataFrame: return READERS["history.parquet"](self.path/"history.parquet")
     @cached_property
-    def tensors(self) -> dict: return torch.load(self.path/"tensors.pt", map_location="cpu", weights_only=True)
+    def tensors(self) -> dict: return READERS["tensors.pt"](self.path/"tensors.pt")
     @cached_property
-    def info(self) -> dict: return json.loads((self.path/"info.json").read_text())
+    def info(self) -> dict: return READERS["info.json"](self.path/"info.json")
     def __repr__(self): return f"Run({self.kind}-{self.key}, cached={self.cached})"
 
 # %% ../nbs/07_runs.ipynb #0576d6ac
@@ -188,12 +192,9 @@ def _manifest_problem(folder: Path, seal: str | None) -> tuple[str | None, list[
     return None, list(listed)
 
 # %% ../nbs/07_runs.ipynb #a6e0d8ea
-_READERS = {"config.json": lambda p: json.loads(p.read_text()), "info.json": lambda p: json.loads(p.read_text()),
-            "history.parquet": pd.read_parquet, "tensors.pt": lambda p: torch.load(p, map_location="cpu", weights_only=True)}
-
 def _legacy_problem(folder: Path) -> str | None:
     "What is wrong with a run from before manifests, found by reading each of its files once; None if it is whole."
-    for name, read in _READERS.items():
+    for name, read in READERS.items():
         if not (folder/name).is_file(): return f"{name} is missing"
         try: read(folder/name)
         except Exception as e: return f"{name} cannot be read ({type(e).__name__}: {str(e)[:200]})"   # any failure: damaged

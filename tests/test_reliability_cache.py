@@ -157,8 +157,8 @@ def test_legacy_run_is_read_once_and_sealed(tmp_path, monkeypatch):
     fn, calls = toy()
     folder = legacy(tmp_path, fn)
     read = Counter()
-    for name, reader in list(runs._READERS.items()):
-        monkeypatch.setitem(runs._READERS, name, lambda p, r=reader: (read.update([p.name]), r(p))[1])
+    for name, reader in list(runs.READERS.items()):
+        monkeypatch.setitem(runs.READERS, name, lambda p, r=reader: (read.update([p.name]), r(p))[1])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         run = cached_run("toy", CONFIG, fn, root=tmp_path)
