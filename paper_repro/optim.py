@@ -30,9 +30,19 @@ class _Masked(torch.optim.Optimizer):
             if m.shape != p.shape: raise ValueError(f"masks: a mask of shape {tuple(m.shape)} for a parameter of shape {tuple(p.shape)}")
             check_binary(m, f"masks: the mask of a parameter of shape {tuple(p.shape)}")
         self._versions = {id(p): m._version for p, m in self.masks.items()}
+        self._scales: dict[int, torch.Tensor] = {}
+
+    def set_lr_scales(self, scales: Mapping[torch.Tensor, torch.Tensor]):
+        "Per-entry learning rates: each entry of parameter p steps at the group's lr times `scales[p]` (broadcast to p)."
+        known = {id(p) for g in self.param_groups for p in g["params"]}
+        for p, s in scales.items():
+            if id(p) not in known: raise ValueError(f"scales: a tensor of shape {tuple(p.shape)} is not among the optimized parameters")
+            torch.broadcast_shapes(s.shape, p.shape)
+        self._scales = {id(p): s.to(p.device, p.dtype) for p, s in scales.items()}
 
     def _apply(self, params, updates, scale: float):
-        "p ← p − scale·u (one fused call; a masked entry's u is 0)."
+        "p ← p − scale·u (one fused call; a masked entry's u is 0); with lr scales, u is first multiplied by them."
+        if self._scales: updates = [u*self._scales[id(p)] if id(p) in self._scales else u for p, u in zip(params, updates)]
         torch._foreach_add_(params, updates, alpha=-scale)
 
     def _sync_masks(self):
@@ -109,7 +119,10 @@ class MaskedAdamW(MaskedAdam):
     def _grads(self, group):
         "The masked gradients (no weight decay in them); the weights decayed first, as torch does (a pruned 0 stays 0)."
         params, grads = super()._grads({**group, "weight_decay": 0.0})
-        if group["weight_decay"] and params: torch._foreach_mul_(params, 1 - group["lr"]*group["weight_decay"])
+        lr, wd = group["lr"], group["weight_decay"]
+        if wd and params and self._scales:                    # per-entry lr: the decay factor per entry too
+            for p in params: p.mul_(1 - lr*wd*self._scales[id(p)] if id(p) in self._scales else 1 - lr*wd)
+        elif wd and params: torch._foreach_mul_(params, 1 - lr*wd)
         return params, grads
 
 # %% ../nbs/05_optim.ipynb #c0c4ef97

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import atexit
+import copy
 import dataclasses
 import json
 import math
@@ -27,10 +28,11 @@ from .masks import Mask, apply_mask, fixed_masks, get_mask, keep_masks, masked_l
 from .models import get_model
 from .optim import make_optimizer, score_params
 from .recipes import Recipe, as_recipe, get_recipe, lr_at
+from .stack import check_stacked, member_outputs, member_state, member_tensor, shared_input, stack_inputs, stack_models, stack_size, unstack
 
 # %% auto #0
 __all__ = ['HISTORY_COLUMNS', 'DIVERGED', 'evaluate', 'FitState', 'Callback', 'Snapshot', 'train_step', 'as_splits', 'last_value',
-           'fit_seconds', 'Diverged', 'fit', 'dist_info', 'is_main']
+           'fit_seconds', 'Diverged', 'fit', 'fit_stack', 'dist_info', 'is_main']
 
 # %% ../nbs/06_train.ipynb #b32f49b2
 @torch.inference_mode()
@@ -38,13 +40,14 @@ def evaluate(model: nn.Module, # any classifier
              data: TensorLoader | DataSplit, # a loader, or a split (served in stored order)
              batch_size: int = 1000, # for a split
              device: str | torch.device | None = None, # for a split (default: the model's)
-            ) -> dict[str, float]:
-    "Mean cross-entropy `loss` and accuracy `acc` of `model` on `data`."
+            ) -> dict[str, float] | list[dict[str, float]]:
+    "Mean cross-entropy `loss` and accuracy `acc` of `model` on `data`; of a stack of K runs (`fit_stack`), one such dict per run."
     if isinstance(data, DataSplit):
         device = device or next(model.parameters()).device
         data = TensorLoader(data, batch_size, shuffle=False, device=device)
-    was = model.training
+    was, K = model.training, stack_size(model)
     model.eval()
+    if K > 1: return _evaluate_stack(model, data, K, was)
     loss = correct = n = 0
     try:
         for x, y in data:
@@ -52,6 +55,18 @@ def evaluate(model: nn.Module, # any classifier
             loss += float(F.cross_entropy(out.float(), y, reduction="sum")); correct += int((out.argmax(1) == y).sum()); n += len(y)
     finally: model.train(was)
     return dict(loss=loss/n, acc=correct/n)
+
+def _evaluate_stack(model: nn.Module, data: TensorLoader, K: int, was: bool) -> list[dict[str, float]]:
+    "`evaluate` of a stack: every batch given to all K runs at once; per run, its loss and accuracy (one host sync)."
+    loss = torch.zeros(K, dtype=torch.float64, device=data.device); correct = torch.zeros(K, dtype=torch.int64, device=data.device); n = 0
+    try:
+        for x, y in data:
+            out = member_outputs(model(shared_input(x, K)), K).float()             # B×K×classes
+            yk = y[:, None].expand(-1, K)
+            loss += F.cross_entropy(out.flatten(0, 1), yk.flatten(), reduction="none").view(-1, K).sum(0).double()
+            correct += (out.argmax(2) == yk).sum(0); n += len(y)
+    finally: model.train(was)
+    return [dict(loss=l/n, acc=c/n) for l, c in zip(loss.tolist(), correct.tolist())]
 
 # %% ../nbs/06_train.ipynb #66cf213c
 @dataclass
@@ -64,11 +79,12 @@ class FitState:
     epoch: int = 0        # epochs finished
     iteration: int = 0    # optimizer steps taken
     stop: bool = False    # set to end training after this epoch
-    logged: list[tuple[str, str, float]] = field(default_factory=list)
+    logged: list[tuple[str, str, float, int | None]] = field(default_factory=list)
+    members: int = 1      # runs trained at once: 1, or the K of a stack (`fit_stack`: `model` is then the stacked model)
 
-    def log(self, metric: str, value: float, split: str = "train"):
-        "Add a history row (this epoch) for `metric`."
-        self.logged.append((split, metric, float(value)))
+    def log(self, metric: str, value: float, split: str = "train", member: int | None = None):
+        "Add a history row (this epoch) for `metric`: to every run's history, or (a stack) to run `member`'s only."
+        self.logged.append((split, metric, float(value), member))
 
 class Callback:
     "Override what you need; all hooks default to doing nothing."
@@ -137,6 +153,34 @@ def train_step(model: nn.Module, # the model to train
         return task.detach(), (out.argmax(1) == y).sum(), [e.detach() for e in extras]
     return step
 
+def _member_terms(values: torch.Tensor, K: int, name: str) -> torch.Tensor:
+    "An extra term of a stack: K values, one per run."
+    if not isinstance(values, torch.Tensor) or values.shape != (K,):
+        raise ValueError(f"extra_loss {name!r} returned {getattr(values, 'shape', values)!r} for a stack of {K} runs: "
+                         f"a stack's extra term is a tensor of shape ({K},), one value per run")
+    return values
+
+def _stack_step(model: nn.Module, optimizer: torch.optim.Optimizer, extra_loss, amp: bool, K: int) -> Callable:
+    """`train_step` of a stack of K runs: (the K runs' batches) -> per run (task loss, correct count, extra terms),
+    each a K-vector. The loss is the sum of the runs' losses, so each run's gradient is its own loss's (`step.live`
+    weighs them: a run dropped after divergence gets 0)."""
+    terms = _terms(extra_loss)
+    dev, half, scaler = _precision(model, amp)
+    def step(batches):
+        x, y = stack_inputs([b[0] for b in batches]), torch.stack([b[1] for b in batches], 1)     # B×(K·C)×…, B×K
+        if x.dim() == 4 and batches[0][0].is_contiguous(memory_format=torch.channels_last): x = x.contiguous(memory_format=torch.channels_last)
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(dev, dtype=half, enabled=amp):
+            out = member_outputs(model(x), K)                                                   # B×K×classes
+            task = F.cross_entropy(out.float().flatten(0, 1), y.flatten(), reduction="none").view(-1, K).mean(0)
+            extras = [_member_terms(f(model), K, n) for n, f in terms.items()]
+            loss = ((task + sum(extras) if extras else task)*step.live).sum()
+        if scaler is None: loss.backward(); optimizer.step()
+        else: scaler.scale(loss).backward(); scaler.step(optimizer); scaler.update()
+        return task.detach(), (out.argmax(2) == y).sum(0), [e.detach() for e in extras]
+    step.live = torch.ones(K, device=next(model.parameters()).device)
+    return step
+
 # %% ../nbs/06_train.ipynb #fd527595
 def as_splits(data: str | Mapping[str, DataSplit]) -> dict[str, DataSplit]:
     "Split name -> DataSplit: a dataset name's train and test splits, or `data` itself when it is such a dict (with 'train')."
@@ -148,23 +192,24 @@ def as_splits(data: str | Mapping[str, DataSplit]) -> dict[str, DataSplit]:
 def _checkpoint_key(recipe: Recipe, seed: int) -> str:
     return json.dumps(dict(recipe=recipe.to_dict(), seed=seed), sort_keys=True)
 
-def _save_checkpoint(path: Path, state: FitState, rows, callbacks, key, elapsed):
+def _save_checkpoint(path: Path, state: FitState, rows, callbacks, key, elapsed, stack: dict | None = None):
     "Write the checkpoint to `path`.tmp, then rename it: a failed write (a full disk) removes the .tmp and keeps the last good one."
     tmp = path.with_name(path.name + ".tmp")
     with writing(tmp, f"run checkpoint {path}"):
         torch.save(dict(key=key, model=state.model.state_dict(), optimizer=state.optimizer.state_dict(), epoch=state.epoch,
                         iteration=state.iteration, stop=state.stop, rows=rows, callbacks=[c.state_dict() for c in callbacks],
-                        elapsed=elapsed, rng=torch.get_rng_state()), tmp)
+                        elapsed=elapsed, rng=torch.get_rng_state(), **({} if stack is None else dict(stack=stack))), tmp)
     os.replace(tmp, path)
 
 def _load_checkpoint(path: Path, state: FitState, callbacks, key, device) -> tuple[list, float]:
-    "Restore model, optimizer, progress, callbacks and random state from `path`; return (history rows, elapsed)."
+    "Restore model, optimizer, progress, callbacks and random state from `path`; return (history rows, elapsed); a stack's extra in `state.resumed`."
     ck = torch.load(path, map_location=device, weights_only=True)
     if ck["key"] != key: raise ValueError(f"checkpoint {path} was written by another recipe or seed; delete it or use another path")
     state.model.load_state_dict(ck["model"]); state.optimizer.load_state_dict(ck["optimizer"])
     state.epoch, state.iteration, state.stop = ck["epoch"], ck["iteration"], ck["stop"]
     for c, s in zip(callbacks, ck["callbacks"]): c.load_state_dict(s)
     torch.set_rng_state(ck["rng"])
+    state.resumed = ck.get("stack")
     return list(ck["rows"]), ck["elapsed"]
 
 HISTORY_COLUMNS = ["epoch", "split", "metric", "value", "density", "lr", "time"]
@@ -189,6 +234,13 @@ class _FitParts:
     names: list
     loader: TensorLoader
     evals: dict
+    loaders: list = field(default_factory=list)   # one per run: the run's own order and augmentation (default: [loader])
+    recipes: list = field(default_factory=list)   # one per run (a stack's differ in lr only)
+    who: list = field(default_factory=list)       # how a diverged run is named ("" alone; "run 2 (seed 5, lr 0.1) of the stack")
+
+    def __post_init__(self): self.loaders = self.loaders or [self.loader]
+    @property
+    def members(self) -> int: return len(self.loaders)
 
 def _fit_setup(model, data, recipe: Recipe, mask, extra_loss, seed: int, device, amp) -> _FitParts:
     "Seed, mask, place the model, and build the optimizer, the step and the loaders, in this order (the run depends on it)."
@@ -208,39 +260,45 @@ def _fit_setup(model, data, recipe: Recipe, mask, extra_loss, seed: int, device,
     _check_example(model, splits, dev)
     opt = make_optimizer(model, recipe)
     keep_masks(opt, model)   # projects round-rule scores; the fixed masks are in the optimizer's update
-    step = train_step(model, opt, extra_loss, amp) if world == 1 else _shard_step(model, opt, extra_loss, amp, rank, world)
+    one = train_step(model, opt, extra_loss, amp) if world == 1 else _shard_step(model, opt, extra_loss, amp, rank, world)
+    def step(batches):
+        task, correct, extras = one(*batches[0])
+        return task.view(1), correct.view(1), [e.view(1) for e in extras]
     loader = TensorLoader(splits["train"], recipe.batch_size, crop=recipe.crop, flip=recipe.flip, seed=seed, device=dev, channels_last=cuda)
     evals = {k: TensorLoader(_part(v, rank, world), 1000, shuffle=False, device=dev, channels_last=cuda) for k, v in splits.items() if k != "train"}
-    return _FitParts(dev, rank, world, opt, step, list(_terms(extra_loss)), loader, evals)
+    return _FitParts(dev, rank, world, opt, step, list(_terms(extra_loss)), loader, evals, recipes=[recipe], who=[""])
 
 def _train_epoch(p: _FitParts, state: FitState, epoch: int, on_step: list, bar) -> tuple[torch.Tensor, int, float, torch.Tensor]:
     """One epoch of steps at the recipe's per-iteration learning rate: (sums of loss, correct and extra terms; examples;
     last lr; the running loss sum after every step, on the device, for the divergence check)."""
     state.model.train()
-    p.loader.set_epoch(epoch)
-    sums, n = torch.zeros(2 + len(p.names), device=p.dev), 0
-    track = torch.zeros(len(p.loader), device=p.dev)
-    for i, (x, y) in enumerate(p.loader):
+    for ld in p.loaders: ld.set_epoch(epoch)
+    sums, n = torch.zeros(p.members, 2 + len(p.names), device=p.dev), 0      # per run
+    track = torch.zeros(p.members, len(p.loader), device=p.dev)
+    for i, batches in enumerate(zip(*p.loaders)):
         lr = lr_at(state.recipe, epoch, (i + 1)/len(p.loader))
         for g in p.opt.param_groups: g["lr"] = lr
-        task, correct, extras = p.step(x, y)
-        sums += torch.stack([task*len(y), correct.to(task.dtype), *[e.float()*len(y) for e in extras]])
-        track[i] = sums.sum()   # on the device, no sync: NaN and inf stay in a running sum, so its first bad entry is the first bad step
-        n += len(y); state.iteration += 1
+        task, correct, extras = p.step(batches)
+        b = len(batches[0][1])
+        sums += torch.stack([task*b, correct.to(task.dtype), *[e.float()*b for e in extras]], 1)
+        track[:, i] = sums.sum(1)   # on the device, no sync: NaN and inf stay in a running sum, so its first bad entry is the first bad step
+        n += b; state.iteration += 1
         for c in on_step: c.on_step(state)
         bar.update()
     return sums, n, lr, track
 
-def _epoch_results(p: _FitParts, model: nn.Module, sums: torch.Tensor, n: int) -> dict[str, dict[str, float]]:
-    "Split -> metric -> value: the epoch's running train means, then every other split evaluated."
-    means = (sums/n).tolist()
-    results = {"train": dict(loss=means[0], acc=means[1], **dict(zip(p.names, means[2:])))}
-    for k, ld in p.evals.items(): results[k] = evaluate(model, ld) if p.world == 1 else _evaluate_parts(model, ld)
+def _epoch_results(p: _FitParts, model: nn.Module, sums: torch.Tensor, n: int) -> list[dict[str, dict[str, float]]]:
+    "Per run, split -> metric -> value: the epoch's running train means, then every other split evaluated."
+    results = [{"train": dict(loss=m[0], acc=m[1], **dict(zip(p.names, m[2:])))} for m in (sums/n).tolist()]
+    for k, ld in p.evals.items():
+        r = evaluate(model, ld) if p.world == 1 else _evaluate_parts(model, ld)
+        for res, rk in zip(results, r if p.members > 1 else [r]): res[k] = rk
     return results
 
-def _history_rows(state: FitState, results: Mapping, density: float, lr: float, now: float) -> list[dict]:
-    "The epoch's long-format history rows: every split's metrics, then what callbacks logged."
-    values = [(k, m, float(v)) for k, r in results.items() for m, v in r.items()] + state.logged
+def _history_rows(state: FitState, results: Mapping, density: float, lr: float, now: float, member: int = 0) -> list[dict]:
+    "The epoch's long-format history rows of run `member`: every split's metrics, then what callbacks logged for it."
+    values = [(k, m, float(v)) for k, r in results.items() for m, v in r.items()]
+    values += [(k, m, v) for k, m, v, *who in state.logged if not who or who[0] is None or who[0] == member]
     return [dict(epoch=state.epoch, split=k, metric=m, value=v, density=density, lr=lr, time=now) for k, m, v in values]
 
 # %% ../nbs/06_train.ipynb #7e50cd93
@@ -296,30 +354,54 @@ class Diverged(FloatingPointError):
 
 DIVERGED = ("raise", "record")
 
-def _diverged(state: FitState, what: str, epoch: int, i: int, when: str = "at") -> Diverged:
-    "The `Diverged` for `what` at step `i` (0-based) of `epoch` (0-based), the epoch's steps all taken."
-    per = state.iterations_per_epoch
-    it, lr = state.iteration - per + i + 1, lr_at(state.recipe, epoch, (i + 1)/per)
-    return Diverged(f"training diverged: {what} {when} epoch {epoch + 1}, step {i + 1} of {per} (iteration {it}), lr={lr:g} "
-                    f"({state.recipe.optimizer}); lower the learning rate, or pass diverged='record' to fit to stop there and "
+def _diverged(state: FitState, what: str, epoch: int, i: int, when: str = "at", recipe: Recipe | None = None, who: str = "") -> Diverged:
+    "The `Diverged` for `what` at step `i` (0-based) of `epoch` (0-based), the epoch's steps all taken (of run `who` of a stack, by its `recipe`)."
+    per, recipe = state.iterations_per_epoch, recipe or state.recipe
+    it, lr = state.iteration - per + i + 1, lr_at(recipe, epoch, (i + 1)/per)
+    return Diverged(f"training diverged{who and ' in ' + who}: {what} {when} epoch {epoch + 1}, step {i + 1} of {per} (iteration {it}), lr={lr:g} "
+                    f"({recipe.optimizer}); lower the learning rate, or pass diverged='record' to fit to stop there and "
                     "record it in the history (e.g. in a learning-rate sweep)", epoch + 1, i + 1, it, lr)
+
+def _divergences(state: FitState, epoch: int, track: torch.Tensor, terms: Sequence[str] = (), recipes=None, who=None,
+                 live: torch.Tensor | None = None) -> dict[int, Diverged]:
+    """Run -> its `Diverged`, for every run (of `live` ones) whose loss (with its extra `terms`) was not finite at a step
+    (`track`: runs × steps of running sums), or a model tensor (its block, in a stack) after the epoch."""
+    K = state.members
+    floats = {k: v for k, v in state.model.state_dict().items() if v.is_floating_point()}
+    track = track.view(K, -1)
+    ok = torch.stack([torch.isfinite(track).all(1), *[torch.isfinite(v.reshape(K, -1)).all(1) if v.dim() else torch.isfinite(v).expand(K)
+                                                      for v in floats.values()]])
+    if live is not None: ok |= ~live.bool().to(ok.device)
+    if bool(ok.all()): return {}                                         # the check's one host sync
+    ok, out = ok.cpu(), {}
+    recipes, who = recipes or [state.recipe]*K, who or [""]*K
+    for m in (m for m in range(K) if not ok[:, m].all()):
+        if not ok[0, m]:
+            i = int((~torch.isfinite(track[m])).int().argmax())
+            loss = f"the loss (with {', '.join(terms)})" if terms else "the loss"
+            out[m] = _diverged(state, f"{loss} is {float(track[m, i] - track[m, i - 1] if i else track[m, 0])}", epoch, i, "at", recipes[m], who[m])
+        else:
+            name = next(k for k, good in zip(floats, ok[1:, m].tolist()) if not good)
+            out[m] = _diverged(state, f"the model's {name!r} is not finite", epoch, track.shape[1] - 1, "after", recipes[m], who[m])
+    return out
 
 def _check_trained(state: FitState, epoch: int, track: torch.Tensor, terms: Sequence[str] = ()):
     "Raise `Diverged` at the first step whose loss (with its extra `terms`) is not finite (`track`: the running sums), or a model tensor."
-    floats = {k: v for k, v in state.model.state_dict().items() if v.is_floating_point()}
-    ok = torch.stack([torch.isfinite(track).all(), *[torch.isfinite(v).all() for v in floats.values()]])
-    if bool(ok.all()): return                                            # the check's one host sync
-    if not ok[0]:
-        i = int((~torch.isfinite(track)).int().argmax())
-        loss = f"the loss (with {', '.join(terms)})" if terms else "the loss"
-        raise _diverged(state, f"{loss} is {float(track[i] - track[i - 1] if i else track[0])}", epoch, i)
-    name = next(k for k, good in zip(floats, ok[1:].tolist()) if not good)
-    raise _diverged(state, f"the model's {name!r} is not finite", epoch, len(track) - 1, "after")
+    if bad := _divergences(state, epoch, track, terms): raise bad[0]
+
+def _result_divergences(state: FitState, epoch: int, results: Sequence[Mapping], recipes=None, who=None, live=None) -> dict[int, Diverged]:
+    "Run -> its `Diverged`, for every run (of `live` ones) with a non-finite metric this epoch (an extra term's mean, a split's loss)."
+    out = {}
+    for m, r in enumerate(results):
+        bad = [(k, n, v) for k, res in r.items() for n, v in res.items() if not math.isfinite(v)]
+        if bad and (live is None or live[m]):
+            out[m] = _diverged(state, f"the {bad[0][0]} {bad[0][1]} is {bad[0][2]}", epoch, state.iterations_per_epoch - 1, "after",
+                               (recipes or [state.recipe]*len(results))[m], (who or [""]*len(results))[m])
+    return out
 
 def _check_results(state: FitState, epoch: int, results: Mapping[str, Mapping[str, float]]):
     "Raise `Diverged` if an epoch's metric (an extra term's mean, a split's loss) is not finite."
-    bad = [(k, m, v) for k, r in results.items() for m, v in r.items() if not math.isfinite(v)]
-    if bad: raise _diverged(state, f"the {bad[0][0]} {bad[0][1]} is {bad[0][2]}", epoch, state.iterations_per_epoch - 1, "after")
+    if bad := _result_divergences(state, epoch, [results]): raise bad[0]
 
 def _kept_fraction(model: nn.Module) -> float:
     "The density of `model` after divergence: its masks', else its non-zero weights' (NaN counts as kept: still dense)."
@@ -332,15 +414,19 @@ def _diverged_row(d: Diverged, model: nn.Module, now: float) -> dict:
     return dict(epoch=d.epoch, split="train", metric="diverged", value=float(d.iteration), density=_kept_fraction(model), lr=d.lr, time=now)
 
 # %% ../nbs/06_train.ipynb #16003a17
-def _fit_epoch(p: _FitParts, state: FitState, epoch: int, cbs: list, on_step: list, bar) -> tuple[dict, float]:
-    "Train, reduce, check, call back and evaluate one epoch: (split -> metric -> value, the last step's lr); or raise `Diverged`."
+def _raise_first(bad: Mapping[int, Diverged]): raise next(iter(bad.values()))
+
+def _fit_epoch(p: _FitParts, state: FitState, epoch: int, cbs: list, on_step: list, bar, on_diverged: Callable = _raise_first,
+               live: torch.Tensor | None = None) -> tuple[list[dict], float]:
+    """Train, reduce, check, call back and evaluate one epoch: (per run, split -> metric -> value; the last step's lr).
+    Runs that diverged go to `on_diverged` (run -> `Diverged`): `fit` raises; a stack may drop them and go on."""
     sums, n, lr, track = _train_epoch(p, state, epoch, on_step, bar)
     state.epoch, state.logged = epoch + 1, []
     if p.world > 1: dist.all_reduce(sums); dist.all_reduce(track); _average_batchnorm(state.model, p.world)
-    _check_trained(state, epoch, track, p.names)
+    if bad := _divergences(state, epoch, track, p.names, p.recipes, p.who, live): on_diverged(bad)
     for c in cbs: c.on_epoch_trained(state)
     results = _epoch_results(p, state.model, sums, n)
-    _check_results(state, epoch, results)
+    if bad := _result_divergences(state, epoch, results, p.recipes, p.who, live): on_diverged(bad)
     for c in cbs: c.on_epoch_end(state)
     if p.world > 1: state.stop = _any(state.stop, p.dev)
     return results, lr
@@ -374,7 +460,7 @@ def fit(model: nn.Module, # trained in place
     with tqdm(total=recipe.epochs*len(p.loader), initial=state.iteration, disable=not progress or p.rank != 0, mininterval=1.0,
               desc=f"fit {recipe.optimizer} lr={recipe.lr:g}", unit="it", leave=True) as bar:
         for epoch in range(state.epoch, state.epoch if state.stop else recipe.epochs):  # a stopped run is finished
-            try: results, lr = _fit_epoch(p, state, epoch, cbs, on_step, bar)
+            try: (results,), lr = _fit_epoch(p, state, epoch, cbs, on_step, bar)
             except Diverged as d:
                 if diverged == "raise": raise                           # the checkpoint stays the last good epoch's
                 rows.append(_diverged_row(d, model, elapsed + timer.elapsed)); break
@@ -384,6 +470,141 @@ def fit(model: nn.Module, # trained in place
             if path is not None and p.rank == 0: _save_checkpoint(path, state, rows, cbs, key, now)
             if state.stop: break
     return pd.DataFrame(rows, columns=HISTORY_COLUMNS)
+
+# %% ../nbs/06_train.ipynb #14ea320d
+def _stack_recipes(recipe, K: int) -> list[Recipe]:
+    "One recipe per run: `recipe` for all, or K recipes that differ in `lr` only (a stack shares every other setting)."
+    recipes = [as_recipe(r) for r in recipe] if isinstance(recipe, (list, tuple)) else [as_recipe(recipe)]*K
+    if len(recipes) != K: raise ValueError(f"recipe: {len(recipes)} recipes for {K} runs; give one, or one per run")
+    base = recipes[0].replace(lr=1.0).to_dict()
+    for i, r in enumerate(recipes[1:], 1):
+        other = r.replace(lr=1.0).to_dict()
+        if other != base:
+            diff = sorted(k for k in base if base[k] != other.get(k))
+            raise ValueError(f"recipe: run {i}'s recipe differs from run 0's in {', '.join(diff)}; a stack's runs may differ in lr only")
+    return recipes
+
+def _stack_seeds(seeds, K: int) -> list[int]:
+    seeds = list(seeds)
+    if len(seeds) != K: raise ValueError(f"seeds={seeds!r}: give one seed per run ({K})")
+    for s in seeds:
+        if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < 2**32: raise ValueError(f"seeds: {s!r} is not an integer in [0, 2**32)")
+    return seeds
+
+def _member_scale(p: torch.Tensor, scales: Sequence[float]) -> torch.Tensor:
+    "The per-entry lr scale of a stacked parameter: run k's scale on its block."
+    K = len(scales)
+    return torch.tensor(scales, dtype=p.dtype).repeat_interleave(p.shape[0]//K).view(-1, *[1]*(p.dim() - 1))
+
+def _reseeded(loader: TensorLoader, seed: int) -> TensorLoader:
+    "`loader` with another seed (its own order, crops and flips), sharing its resident images."
+    other = copy.copy(loader); other.seed, other.epoch = int(seed), 0
+    return other
+
+def _stack_setup(models, data, recipes: list[Recipe], masks, seeds: list[int], extra_loss, device, amp) -> tuple[_FitParts, nn.Module]:
+    "`_fit_setup` for a stack: seed, mask and place the runs, stack them (checked on a batch), then the optimizer, step and loaders."
+    K, recipe = len(models), recipes[0]
+    splits, dev = as_splits(data), get_device(device)
+    if dist_info()[1] > 1: raise ValueError("fit_stack trains in one process; under torchrun use fit, one run at a time")
+    masks = [None]*K if masks is None else list(masks)
+    if len(masks) != K: raise ValueError(f"masks: {len(masks)} masks for {K} runs; give one per run (None: no mask)")
+    seed_everything(seeds[0])
+    for m, mask in zip(models, masks):
+        if mask is None: continue
+        if score_params(m): raise ValueError("masks= sets fixed masks, but these models learn their masks from scores")
+        apply_mask(m, mask)
+    cuda = dev.type == "cuda"
+    amp = cuda if amp is None else amp
+    for m in models: m.to(dev)
+    _check_example(models[0], splits, dev)
+    net = stack_models(models)
+    check_stacked(net, models, splits["train"].x[:2].to(dev).float())
+    if cuda: net.to(memory_format=torch.channels_last)
+    opt = make_optimizer(net, recipe)
+    lrs = [r.lr for r in recipes]
+    if len(set(lrs)) > 1: opt.set_lr_scales({q: _member_scale(q, [lr/lrs[0] for lr in lrs]) for g in opt.param_groups for q in g["params"]})
+    keep_masks(opt, net)
+    loader = TensorLoader(splits["train"], recipe.batch_size, crop=recipe.crop, flip=recipe.flip, seed=seeds[0], device=dev, channels_last=cuda)
+    evals = {k: TensorLoader(v, 1000, shuffle=False, device=dev, channels_last=cuda) for k, v in splits.items() if k != "train"}
+    who = [f"run {k} (seed {s}, lr {r.lr:g}) of a stack of {K}" for k, (s, r) in enumerate(zip(seeds, recipes))]
+    return _FitParts(dev, 0, 1, opt, _stack_step(net, opt, extra_loss, amp, K), list(_terms(extra_loss)), loader, evals,
+                     [loader] + [_reseeded(loader, s) for s in seeds[1:]], recipes, who), net
+
+def _member_densities(model: nn.Module, K: int) -> list[float]:
+    "Each run's density in a stack: its masks', else its non-zero weights' (NaN counted as kept)."
+    layers = masked_layers(model)
+    ts = [l.current_mask() for l in layers.values()] if layers else [t != 0 for t in weights_of(model).values()]
+    kept = sum(t.reshape(K, -1).sum(1) for t in ts)
+    return (kept.double()/sum(t.numel()//K for t in ts)).tolist()
+
+def _drop(net: nn.Module, opt: torch.optim.Optimizer, k: int, K: int):
+    "Zero run k's block of every float tensor of the stack and its optimizer state: a dropped run computes finite zeros."
+    with torch.no_grad():
+        tensors = [*net.state_dict().values(), *(v for st in opt.state.values() for v in st.values() if isinstance(v, torch.Tensor))]
+        for t in tensors:
+            if t.is_floating_point() and t.dim() and t.shape[0] % K == 0: member_tensor(t, k, K).zero_()
+
+def _acc_range(results: Sequence[Mapping]) -> dict[str, str]:
+    "The progress bar's note on a stack: the runs' lowest and highest accuracy (test, else train)."
+    acc = [r.get("test", r["train"])["acc"] for r in results]
+    return {"acc": f"{min(acc):.3f}–{max(acc):.3f}"}
+
+def _stack_key(recipes: Sequence[Recipe], seeds: Sequence[int]) -> str:
+    return json.dumps(dict(recipes=[r.to_dict() for r in recipes], seeds=list(seeds)), sort_keys=True)
+
+# %% ../nbs/06_train.ipynb #b02425e9
+def fit_stack(models: Sequence[nn.Module], # K models of one architecture; each ends trained in place, as `fit` leaves it
+              data: str | Mapping[str, DataSplit], # dataset name, or {"train": ..., "test": ..., ...}: shared by the runs
+              recipe: Recipe | str | Mapping | Sequence, # one recipe for all, or one per run differing only in lr
+              masks: Sequence[Mapping[str, torch.Tensor] | None] | None = None, # a fixed mask per run (None: none)
+              seeds: Sequence[int] = (0,), # one per run: its batch order and augmentation (the global generators get seeds[0])
+              extra_loss: Callable | Mapping[str, Callable] | None = None, # f(stack) -> K values (a tensor of shape (K,)), or {name: f}
+              callbacks: Sequence[Callback | Callable] = (), # they see the stack: state.model, state.members = K
+              checkpoint: str | Path | None = None, # save the stack after every epoch; resume from it if it exists
+              device: str | torch.device | None = None, # default: `get_device()`
+              amp: bool | None = None, # mixed precision (default: on CUDA only)
+              progress: bool = True, # a tqdm bar over the iterations
+              diverged: str = "raise", # a run's non-finite loss: "raise" `Diverged`, or "record": that run stops, the others go on
+             ) -> list[pd.DataFrame]:
+    """Train K runs of one architecture as one stacked computation (`05b_stack`); return their K histories, each as `fit`
+    returns it (its `time` is the stack's time over K: each run's share)."""
+    models = list(models); K = len(models)
+    if K < 1: raise ValueError("fit_stack: give at least one model")
+    recipes, seeds = _stack_recipes(recipe, K), _stack_seeds(seeds, K)
+    cbs, path = _as_callbacks(callbacks), _checkpoint_path(checkpoint)
+    if diverged not in DIVERGED: raise ValueError(f"diverged={diverged!r}: use one of {DIVERGED}")
+    p, net = _stack_setup(models, data, recipes, masks, seeds, extra_loss, device, amp)
+    on_step = [c for c in cbs if type(c).on_step is not Callback.on_step]
+    state, rows, elapsed, dropped = FitState(net, p.opt, recipes[0], len(p.loader), members=K), [[] for _ in range(K)], 0.0, {}
+    key = _stack_key(recipes, seeds)
+    if path is not None and path.exists():
+        rows, elapsed = _load_checkpoint(path, state, cbs, key, p.dev); dropped = dict(state.resumed["dropped"])
+    else:
+        for c in cbs: c.on_fit_start(state)
+    live = torch.tensor([k not in dropped for k in range(K)])
+    p.step.live.copy_(live)
+    timer = Timer()
+    def drop(bad: Mapping[int, Diverged]):
+        if diverged == "raise": _raise_first(bad)
+        dens = _member_densities(net, K)
+        for k, d in bad.items():
+            rows[k].append(dict(_diverged_row(d, net, (elapsed + timer.elapsed)/K), density=dens[k]))
+            dropped[k] = member_state(net.state_dict(), k, K)         # the run as `fit` leaves a diverged model
+            _drop(net, p.opt, k, K); live[k] = False
+        p.step.live.copy_(live)
+    with tqdm(total=recipes[0].epochs*len(p.loader), initial=state.iteration, disable=not progress, mininterval=1.0,
+              desc=f"fit a stack of {K} ({recipes[0].optimizer})", unit="it", leave=True) as bar:
+        for epoch in range(state.epoch, state.epoch if state.stop or not live.any() else recipes[0].epochs):
+            results, _ = _fit_epoch(p, state, epoch, cbs, on_step, bar, drop, live)
+            now, dens = elapsed + timer.elapsed, _member_densities(net, K)
+            for k in (k for k in range(K) if live[k]):
+                rows[k] += _history_rows(state, results[k], dens[k], lr_at(recipes[k], epoch, 1.0), now/K, member=k)
+            bar.set_postfix(_acc_range(results))
+            if path is not None: _save_checkpoint(path, state, rows, cbs, key, now, stack=dict(dropped=dropped))
+            if state.stop or not live.any(): break
+    unstack(net, models)
+    for k, st in dropped.items(): models[k].load_state_dict(st)
+    return [pd.DataFrame(r, columns=HISTORY_COLUMNS) for r in rows]
 
 # %% ../nbs/06_train.ipynb #2b950788
 def dist_info() -> tuple[int, int]:
