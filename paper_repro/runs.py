@@ -40,7 +40,8 @@ from .train import dist_info
 __all__ = ['ENGINE_VERSION', 'READERS', 'STATS', 'KIND', 'RUN_FOLDER', 'CHECKPOINT', 'MANIFEST', 'NOT_LISTED', 'HEARTBEAT',
            'STALE_AFTER', 'LOCK_POLL', 'WAIT_REPORT', 'OPTIONS_ENV', 'jsonable', 'canonical', 'run_hash', 'Result',
            'Run', 'run_counts', 'runs_root', 'CorruptRunWarning', 'write_manifest', 'verify_run', 'process_start',
-           'lock_record', 'lock_holder', 'cached_run', 'executor_options', 'cpu_cores', 'sweep']
+           'lock_record', 'lock_holder', 'cached_run', 'stack_checkpoint', 'cached_runs', 'executor_options',
+           'cpu_cores', 'sweep']
 
 # %% ../nbs/07_runs.ipynb #f59bcf1a
 ENGINE_VERSION = 1  # bump when masks/train/data change what a run computes: every cached run is then recomputed
@@ -128,7 +129,7 @@ def _version_of(fn) -> int:
 
 # %% ../nbs/07_runs.ipynb #3b32f62c
 MANIFEST = "manifest.json"  # a finished run's files, each with its size and CRC-32; `done` records its CRC-32
-NOT_LISTED = re.compile(r"^(lock|done|manifest\.json|checkpoint\.pt|(lock|manifest\.json)\..*\.tmp)$")  # never in a manifest
+NOT_LISTED = re.compile(r"^(lock|done|manifest\.json|checkpoint\.pt|stack-[0-9a-f]{16}\.pt|(lock|manifest\.json)\..*\.tmp)$")  # never in a manifest
 
 class CorruptRunWarning(UserWarning):
     "A finished run whose files are damaged: it is removed and computed again."
@@ -365,16 +366,21 @@ def _lock(work: Path, wait: float | None = None) -> _Held | None:
         time.sleep(LOCK_POLL if wait is None else max(0.01, min(LOCK_POLL, wait - waited)))
 
 # %% ../nbs/07_runs.ipynb #5031c3f3
+def _fn_name(fn) -> str: return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', '?')}"
+
 def _store(kind, key, config, version, fn, work: Path) -> None:
-    "Compute the run in `work` with `fn` and store its files, `done` last (every write through `writing`)."
-    what = f"run {work}"
+    "Compute the run in `work` with `fn` and store its files (`_write_run`)."
     with Timer() as t: out = fn(dict(config), work)
+    _write_run(kind, key, config, version, fn, out, work, t.elapsed)
+
+def _write_run(kind, key, config, version, fn, out, work: Path, wall: float, stack: int = 1) -> None:
+    "Store the computed run `out` (a Result or a DataFrame) in `work`, `done` last (every write through `writing`)."
+    what = f"run {work}"
     if isinstance(out, pd.DataFrame): out = Result(history=out)
     if not all(hasattr(out, a) for a in ("history", "tensors", "info")): raise TypeError(f"{getattr(fn, '__name__', fn)} returned {type(out).__name__}; return a Result or a DataFrame")
     info = jsonable(out.info, "info")
-    save_json(dict(kind=kind, key=key, config=config, version=version, engine_version=ENGINE_VERSION,
-                   fn=f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', '?')}",
-                   wall_time=t.elapsed, provenance=provenance()), work/"config.json", what)
+    save_json(dict(kind=kind, key=key, config=config, version=version, engine_version=ENGINE_VERSION, fn=_fn_name(fn),
+                   wall_time=wall, stack=stack, provenance=provenance()), work/"config.json", what)
     with writing(work/"history.parquet", what) as p: out.history.to_parquet(p, index=False)
     with writing(work/"tensors.pt", what) as p: torch.save(out.tensors, p)
     save_json(info, work/"info.json", what)
@@ -384,6 +390,7 @@ def _store(kind, key, config, version, fn, work: Path) -> None:
 def _finish(work: Path, final: Path, held: _Held):
     "Give the finished work folder its final name, its lock still held (the checkpoint is no longer needed)."
     (work/CHECKPOINT).unlink(missing_ok=True)
+    for p in work.glob("stack-*.pt"): p.unlink(missing_ok=True)   # a stack's checkpoint (`stack_checkpoint`)
     if final.exists() and not (final/"done").exists(): shutil.rmtree(final)   # a folder without `done` (copied in by hand, say) is not a run
     os.replace(work, final)
     held.path = final/"lock"                           # released there, once the run has its name
@@ -398,6 +405,19 @@ def _follow(kind, key, config, fn, work, final) -> Run:
     return Run(kind, key, final, cached=False)
 
 # %% ../nbs/07_runs.ipynb #c9eab270
+def _check_kind(kind):
+    if not isinstance(kind, str) or not KIND.match(kind):
+        raise ValueError(f"kind={kind!r}: use lower-case letters, digits, '_', '-', '.' (it names a folder)")
+
+def _finished(kind: str, key: str, final: Path) -> Run | None:
+    "The finished run in `final`, loaded (a cache hit), if it is there and whole; a damaged one is removed (None)."
+    if (final/"done").exists():
+        if (problem := verify_run(final, kind, key)) is None:
+            STATS["hits"] += 1
+            return Run(kind, key, final, cached=True)
+        _discard(final, problem)
+    return None
+
 def cached_run(kind: str, # what the run is: "gem_miner", "imp", ... (a folder-name prefix)
                config: Mapping[str, Any], # everything that determines the result (JSON-able)
                fn: Callable[[dict, Path], Result | pd.DataFrame], # fn(config, workdir) computes the run
@@ -406,8 +426,7 @@ def cached_run(kind: str, # what the run is: "gem_miner", "imp", ... (a folder-n
                wait: float | None = None, # while another live process computes this run: seconds to wait for it (None: until it ends)
               ) -> Run:
     "The finished run of `kind` with `config`: loaded if it exists and is whole, else computed by `fn` and stored."
-    if not isinstance(kind, str) or not KIND.match(kind):
-        raise ValueError(f"kind={kind!r}: use lower-case letters, digits, '_', '-', '.' (it names a folder)")
+    _check_kind(kind)
     if not isinstance(config, Mapping): raise TypeError(f"config must be a mapping; got {type(config).__name__}")
     config = jsonable(config)
     version = _version_of(fn) if version is None else int(version)
@@ -415,11 +434,7 @@ def cached_run(kind: str, # what the run is: "gem_miner", "imp", ... (a folder-n
     root = runs_root(root)
     final, work = root/f"{kind}-{key}", root/f"{kind}-{key}.partial"
     while True:
-        if (final/"done").exists():
-            if (problem := verify_run(final, kind, key)) is None:
-                STATS["hits"] += 1
-                return Run(kind, key, final, cached=True)
-            _discard(final, problem)
+        if (run := _finished(kind, key, final)) is not None: return run
         if dist_info()[0] > 0 and not (work/"done").exists():
             return _follow(kind, key, config, fn, work, final)
         if (held := _lock(work, wait)) is not None: break    # else another process finished it while we waited: load it
@@ -431,6 +446,53 @@ def cached_run(kind: str, # what the run is: "gem_miner", "imp", ... (a folder-n
     finally: held.release()
     STATS["misses"] += 1
     return Run(kind, key, final, cached=False)
+
+# %% ../nbs/07_runs.ipynb #04013bcc
+def stack_checkpoint(workdirs: Sequence[Path]) -> Path:
+    "Where a stack of runs keeps its resume checkpoint: in its first run's work folder, named by all its runs."
+    h = hashlib.sha256("\n".join(Path(w).name for w in workdirs).encode()).hexdigest()[:16]
+    return Path(workdirs[0])/f"stack-{h}.pt"
+
+def _lock_now(work: Path) -> _Held | None:
+    "The work folder's lock if no live process holds it (None: another does, or the run got finished)."
+    try: return _lock(work, wait=0)
+    except RuntimeError: return None
+
+def _compute_together(kind, keys, configs, version, fn, works, todo: list[int]) -> None:
+    "Compute the runs `todo` by one call of `fn` and store each in its work folder."
+    with Timer() as t: outs = fn([dict(configs[i]) for i in todo], [works[i] for i in todo])
+    if not isinstance(outs, Sequence) or len(outs) != len(todo):
+        raise TypeError(f"{getattr(fn, '__name__', fn)} returned {type(outs).__name__} for {len(todo)} runs; return one Result per configuration, in order")
+    for i, out in zip(todo, outs): _write_run(kind, keys[i], configs[i], version, fn, out, works[i], t.elapsed/len(todo), len(todo))
+
+# %% ../nbs/07_runs.ipynb #b74db010
+def cached_runs(kind: str, # what the runs are (one kind)
+                configs: Sequence[Mapping[str, Any]], # one per run, each as `cached_run` takes it
+                fn: Callable[[list[dict], list[Path]], Sequence[Result | pd.DataFrame]], # fn(configs, workdirs) computes runs together
+                version: int | None = None, root: str | Path | None = None,
+                wait: float | None = None, # for a run another live process computes: seconds to wait for it (None: until it ends)
+               ) -> list[Run]:
+    "The finished runs of `kind` with `configs`: each loaded if it is in the cache, the missing ones computed together by one `fn` call."
+    _check_kind(kind)
+    if isinstance(configs, Mapping) or not all(isinstance(c, Mapping) for c in configs): raise TypeError("configs: give a list of mappings, one per run")
+    configs = [jsonable(c) for c in configs]
+    version = _version_of(fn) if version is None else int(version)
+    keys, root = [run_hash(kind, c, version) for c in configs], runs_root(root)
+    finals, works = [root/f"{kind}-{k}" for k in keys], [root/f"{kind}-{k}.partial" for k in keys]
+    runs = [_finished(kind, k, f) for k, f in zip(keys, finals)]
+    held = {}
+    try:
+        for i in (i for i, r in enumerate(runs) if r is None and keys[i] not in {keys[j] for j in held}):
+            if (h := _lock_now(works[i])) is not None: held[i] = h
+        for i in held:
+            if (works[i]/"done").exists() and (problem := verify_run(works[i], kind, keys[i])): _discard(works[i], problem, locked=True)
+        if todo := [i for i in held if not (works[i]/"done").exists()]: _compute_together(kind, keys, configs, version, fn, works, todo)
+        for i, h in held.items():
+            _finish(works[i], finals[i], h); runs[i] = Run(kind, keys[i], finals[i], cached=False); STATS["misses"] += 1
+    finally:
+        for h in held.values(): h.release()
+    alone = lambda c, w: fn([c], [w])[0]
+    return [r if r is not None else cached_run(kind, c, alone, version, root, wait) for r, c in zip(runs, configs)]
 
 # %% ../nbs/07_runs.ipynb #efe325a1
 OPTIONS_ENV = "PAPER_REPRO_EXECUTOR_OPTIONS"  # JSON: default options of the submitit and ray executors

@@ -484,6 +484,12 @@ def _stack_recipes(recipe, K: int) -> list[Recipe]:
             raise ValueError(f"recipe: run {i}'s recipe differs from run 0's in {', '.join(diff)}; a stack's runs may differ in lr only")
     return recipes
 
+def _stack_args(models, recipe, seeds) -> tuple[list[nn.Module], list[Recipe], list[int]]:
+    "`fit_stack`'s runs, one recipe and one seed per run, checked."
+    models = list(models)
+    if not models: raise ValueError("fit_stack: give at least one model")
+    return models, _stack_recipes(recipe, len(models)), _stack_seeds(seeds, len(models))
+
 def _stack_seeds(seeds, K: int) -> list[int]:
     seeds = list(seeds)
     if len(seeds) != K: raise ValueError(f"seeds={seeds!r}: give one seed per run ({K})")
@@ -568,9 +574,7 @@ def fit_stack(models: Sequence[nn.Module], # K models of one architecture; each 
              ) -> list[pd.DataFrame]:
     """Train K runs of one architecture as one stacked computation (`05b_stack`); return their K histories, each as `fit`
     returns it (its `time` is the stack's time over K: each run's share)."""
-    models = list(models); K = len(models)
-    if K < 1: raise ValueError("fit_stack: give at least one model")
-    recipes, seeds = _stack_recipes(recipe, K), _stack_seeds(seeds, K)
+    models, recipes, seeds = _stack_args(models, recipe, seeds); K = len(models)
     cbs, path = _as_callbacks(callbacks), _checkpoint_path(checkpoint)
     if diverged not in DIVERGED: raise ValueError(f"diverged={diverged!r}: use one of {DIVERGED}")
     p, net = _stack_setup(models, data, recipes, masks, seeds, extra_loss, device, amp)
@@ -581,8 +585,7 @@ def fit_stack(models: Sequence[nn.Module], # K models of one architecture; each 
         rows, elapsed = _load_checkpoint(path, state, cbs, key, p.dev); dropped = dict(state.resumed["dropped"])
     else:
         for c in cbs: c.on_fit_start(state)
-    live = torch.tensor([k not in dropped for k in range(K)])
-    p.step.live.copy_(live)
+    p.step.live.copy_(live := torch.tensor([k not in dropped for k in range(K)]))
     timer = Timer()
     def drop(bad: Mapping[int, Diverged]):
         if diverged == "raise": _raise_first(bad)
