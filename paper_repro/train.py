@@ -160,7 +160,7 @@ def _member_terms(values: torch.Tensor, K: int, name: str) -> torch.Tensor:
                          f"a stack's extra term is a tensor of shape ({K},), one value per run")
     return values
 
-def _stack_step(model: nn.Module, optimizer: torch.optim.Optimizer, extra_loss, amp: bool, K: int) -> Callable:
+def _stack_step(model: nn.Module, optimizer: torch.optim.Optimizer, extra_loss, amp: bool, K: int, channels_last: bool = False) -> Callable:
     """`train_step` of a stack of K runs: (the K runs' batches) -> per run (task loss, correct count, extra terms),
     each a K-vector. The loss is the sum of the runs' losses, so each run's gradient is its own loss's (`step.live`
     weighs them: a run dropped after divergence gets 0)."""
@@ -168,7 +168,7 @@ def _stack_step(model: nn.Module, optimizer: torch.optim.Optimizer, extra_loss, 
     dev, half, scaler = _precision(model, amp)
     def step(batches):
         x, y = stack_inputs([b[0] for b in batches]), torch.stack([b[1] for b in batches], 1)     # B×(K·C)×…, B×K
-        if x.dim() == 4 and batches[0][0].is_contiguous(memory_format=torch.channels_last): x = x.contiguous(memory_format=torch.channels_last)
+        if channels_last: x = x.contiguous(memory_format=torch.channels_last)   # on CUDA, as `fit`'s batches
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(dev, dtype=half, enabled=amp):
             out = member_outputs(model(x), K)                                                   # B×K×classes
@@ -533,7 +533,7 @@ def _stack_setup(models, data, recipes: list[Recipe], masks, seeds: list[int], e
     loader = TensorLoader(splits["train"], recipe.batch_size, crop=recipe.crop, flip=recipe.flip, seed=seeds[0], device=dev, channels_last=cuda)
     evals = {k: TensorLoader(v, 1000, shuffle=False, device=dev, channels_last=cuda) for k, v in splits.items() if k != "train"}
     who = [f"run {k} (seed {s}, lr {r.lr:g}) of a stack of {K}" for k, (s, r) in enumerate(zip(seeds, recipes))]
-    return _FitParts(dev, 0, 1, opt, _stack_step(net, opt, extra_loss, amp, K), list(_terms(extra_loss)), loader, evals,
+    return _FitParts(dev, 0, 1, opt, _stack_step(net, opt, extra_loss, amp, K, cuda), list(_terms(extra_loss)), loader, evals,
                      [loader] + [_reseeded(loader, s) for s in seeds[1:]], recipes, who), net
 
 def _member_densities(model: nn.Module, K: int) -> list[float]:
