@@ -201,16 +201,15 @@ def _save_checkpoint(path: Path, state: FitState, rows, callbacks, key, elapsed,
                         elapsed=elapsed, rng=torch.get_rng_state(), **({} if stack is None else dict(stack=stack))), tmp)
     os.replace(tmp, path)
 
-def _load_checkpoint(path: Path, state: FitState, callbacks, key, device) -> tuple[list, float]:
-    "Restore model, optimizer, progress, callbacks and random state from `path`; return (history rows, elapsed); a stack's extra in `state.resumed`."
+def _load_checkpoint(path: Path, state: FitState, callbacks, key, device) -> tuple[list, float, dict | None]:
+    "Restore model, optimizer, progress, callbacks and random state from `path`; return (history rows, elapsed, a stack's extra or None)."
     ck = torch.load(path, map_location=device, weights_only=True)
     if ck["key"] != key: raise ValueError(f"checkpoint {path} was written by another recipe or seed; delete it or use another path")
     state.model.load_state_dict(ck["model"]); state.optimizer.load_state_dict(ck["optimizer"])
     state.epoch, state.iteration, state.stop = ck["epoch"], ck["iteration"], ck["stop"]
     for c, s in zip(callbacks, ck["callbacks"]): c.load_state_dict(s)
     torch.set_rng_state(ck["rng"])
-    state.resumed = ck.get("stack")
-    return list(ck["rows"]), ck["elapsed"]
+    return list(ck["rows"]), ck["elapsed"], ck.get("stack")
 
 HISTORY_COLUMNS = ["epoch", "split", "metric", "value", "density", "lr", "time"]
 
@@ -453,7 +452,7 @@ def fit(model: nn.Module, # trained in place
     on_step = [c for c in cbs if type(c).on_step is not Callback.on_step]
     state, rows, elapsed = FitState(model, p.opt, recipe, len(p.loader)), [], 0.0
     key = _checkpoint_key(recipe, seed)
-    if path is not None and path.exists(): rows, elapsed = _load_checkpoint(path, state, cbs, key, p.dev)
+    if path is not None and path.exists(): rows, elapsed, _ = _load_checkpoint(path, state, cbs, key, p.dev)
     else:
         for c in cbs: c.on_fit_start(state)
     timer = Timer()
@@ -582,7 +581,7 @@ def fit_stack(models: Sequence[nn.Module], # K models of one architecture; each 
     state, rows, elapsed, dropped = FitState(net, p.opt, recipes[0], len(p.loader), members=K), [[] for _ in range(K)], 0.0, {}
     key = _stack_key(recipes, seeds)
     if path is not None and path.exists():
-        rows, elapsed = _load_checkpoint(path, state, cbs, key, p.dev); dropped = dict(state.resumed["dropped"])
+        rows, elapsed, extra = _load_checkpoint(path, state, cbs, key, p.dev); dropped = dict(extra["dropped"])
     else:
         for c in cbs: c.on_fit_start(state)
     p.step.live.copy_(live := torch.tensor([k not in dropped for k in range(K)]))
