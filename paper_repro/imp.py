@@ -20,14 +20,16 @@ from .core import check_finite, get_device
 from .data import DataSplit, load_dataset
 from .masks import Mask, apply_mask, check_density, keep_count, magnitude, weights_of
 from .models import count_parameters, get_model, prunable_weights
-from .runs import CHECKPOINT, STATS, Result, Run, cached_run, run_counts, run_hash
+from .runs import CHECKPOINT, STATS, Result, Run, cached_run, cached_runs, jsonable, run_counts, run_hash, stack_checkpoint
+from .stack import member_state
 from .recipes import as_recipe, Recipe, RECIPES
-from .train import as_splits, evaluate, fit, fit_seconds, last_value, Snapshot
+from .train import as_splits, evaluate, fit, fit_seconds, fit_stack, last_value, Snapshot
 from .tickets import check_arch, finetune, Ticket
 
 # %% auto #0
-__all__ = ['CACHE_VERSION', 'VARIANTS', 'imp_rounds', 'imp_schedule', 'imp_counts', 'imp_prune', 'round_recipe', 'tail_recipe',
-           'rewound', 'IMPResult', 'imp', 'imp_level', 'omp_mask', 'reinitialised', 'LotterySanity', 'lottery_sanity']
+__all__ = ['CACHE_VERSION', 'IMP_DEFAULTS', 'VARIANTS', 'imp_rounds', 'imp_schedule', 'imp_counts', 'imp_prune', 'round_recipe',
+           'tail_recipe', 'rewound', 'IMPResult', 'imp_stack', 'imp', 'imp_level', 'omp_mask', 'reinitialised',
+           'LotterySanity', 'lottery_sanity']
 
 # %% ../nbs/13_imp.ipynb #5b925449
 CACHE_VERSION = 1
@@ -227,17 +229,19 @@ def _check_round_loss(round_loss):
 def _run_key(run) -> str:
     return f"{run.kind}-{run.key}"
 
+def _check_masks_of(src_arch, src_ones, src_rounds, src_final, arch, ones, counts):
+    "ValueError unless an IMP of `src_arch` with these rounds and final count has masks this IMP (arch, ones, counts) can train."
+    if {k: v for k, v in src_arch.items() if k != "seed"} != {k: v for k, v in arch.items() if k != "seed"}:
+        raise ValueError(f"masks_from is an IMP of {src_arch}, another architecture than {arch}")
+    if list(src_ones) != list(ones) or [src_rounds, src_final] != [max(len(counts) - 1, 1), counts[-1]]:
+        raise ValueError(f"masks_from trained {src_rounds} rounds to {src_final} weights over {list(src_ones)}; this IMP needs "
+                         f"{max(len(counts) - 1, 1)} rounds to {counts[-1]} over {list(ones)}: use the same density, fraction and exclude")
+
 def _check_source(source, arch, ones, counts, cache) -> IMPResult | None:
     "`masks_from`, checked: an IMP of the same architecture, pruned tensors and schedule (cached when this one is)."
     if source is None: return None
     if not isinstance(source, IMPResult): raise ValueError(f"masks_from={type(source).__name__}: give the IMPResult whose masks to train")
-    other = {k: v for k, v in source.arch.items() if k != "seed"}
-    if other != {k: v for k, v in arch.items() if k != "seed"}:
-        raise ValueError(f"masks_from is an IMP of {source.arch}, another architecture than {arch}")
-    if list(source.mask(0)) != list(ones) or [len(source.runs), source.ticket.mask.nonzeros] != [max(len(counts) - 1, 1), counts[-1]]:
-        raise ValueError(f"masks_from trained {len(source.runs)} rounds to {source.ticket.mask.nonzeros} weights over "
-                         f"{list(source.mask(0))}; this IMP needs {max(len(counts) - 1, 1)} rounds to {counts[-1]} over {list(ones)}: "
-                         "use the same density, fraction and exclude")
+    _check_masks_of(source.arch, source.mask(0), len(source.runs), source.ticket.mask.nonzeros, arch, ones, counts)
     if cache and not all(isinstance(r, Run) for r in source.runs): raise ValueError("masks_from was not cached: pass cache=False")
     return source
 
@@ -267,18 +271,24 @@ def _imp_setup(arch, data, density, recipe, rewind, epochs_per_round, fraction, 
     return _IMPSetup(arch, splits, rr, density, fraction, rewind, seed, ones, keys, counts, keep, base, round_loss, source)
 
 # %% ../nbs/13_imp.ipynb #99c4f747
-def _round_config(s: _IMPSetup, r: int, cache: bool) -> dict:
-    "Round r's configuration: its cache key."
+def _round_config(s: _IMPSetup, r: int, cache: bool, source_key: str | None = None) -> dict:
+    "Round r's configuration: its cache key (`source_key`: the key of the round whose mask it trains, for a source in the same stack)."
     cfg = dict(s.base, round=r, **({"keep_epochs": s.keep} if r == 0 and s.keep else {}))   # only round 0 depends on it
     if r > 0 and s.round_loss is not None: cfg["round_loss"] = dict(s.round_loss.config)
     if r > 0 and s.source is not None: cfg["masks_from"] = _run_key(s.source.runs[r]) if cache else r
+    if r > 0 and source_key is not None: cfg["masks_from"] = source_key if cache else r
     return cfg
 
+def _round_key(config: Mapping) -> str:
+    "The run key `cached_runs` gives an IMP round with `config` (known before it is trained)."
+    return f"imp-round-{run_hash('imp-round', jsonable(config), CACHE_VERSION)}"
+
 # %% ../nbs/13_imp.ipynb #1339a1ef
-def _round_start(s: _IMPSetup, r: int, get_round) -> tuple[Mask, nn.Module]:
-    "Round r's mask and the network it trains from."
+def _round_start(s: _IMPSetup, r: int, get_round, mask: Mask | None = None) -> tuple[Mask, nn.Module]:
+    "Round r's mask (`mask`: given, by a source in the same stack) and the network it trains from."
     if r == 0: return s.ones, get_model(**s.arch)
-    if s.source is not None: mask = s.source.mask(r)
+    if mask is not None: pass
+    elif s.source is not None: mask = s.source.mask(r)
     else:
         prev = get_round(r - 1)
         mask = imp_prune(Mask(prev.tensors["mask"]), prev.tensors["state"], s.density, s.fraction)
@@ -292,20 +302,58 @@ def _round_info(r: int, mask: Mask, recipe: Recipe, pre: Mapping, hist: pd.DataF
                 pre_loss=pre["loss"], pre_acc=pre["acc"], loss=float(last["loss"]), acc=float(last["acc"]))
 
 # %% ../nbs/13_imp.ipynb #c02da328
-def _train_round(s: _IMPSetup, config: dict, workdir: Path | None, get_round, progress: bool) -> Result:
-    "Train round `config['round']` (a `cached_run` function): its mask and trained state, and round 0's rewind point."
-    r = config["round"]
-    mask, net = _round_start(s, r, get_round)
+@dataclass
+class _RoundStart:
+    "What a round trains from: its mask, the network (round 0: and its initialisation), its test loss/accuracy, its extra loss."
+    r: int; mask: Mask; net: nn.Module; init: dict | None; pre: dict; extra: object
+
+def _round_begin(s: _IMPSetup, r: int, get_round, mask: Mask | None = None) -> _RoundStart:
+    "Round r's start, evaluated on the test split, with its round loss (rounds r >= 1)."
+    mask, net = _round_start(s, r, get_round, mask)
     init = _plain_state(net, s.keys) if r == 0 else None
     pre = evaluate(apply_mask(net, mask).to(get_device()), s.splits["test"])
-    snap = [Snapshot(iterations=[s.rewind], epochs=s.keep)] if r == 0 else []
     extra = s.round_loss(r, mask, lambda k: get_round(k).tensors["state"]) if s.round_loss is not None and r > 0 else None
-    hist = fit(net, s.splits, s.recipe, mask=mask, extra_loss=extra, callbacks=snap, seed=s.seed, progress=progress,
+    return _RoundStart(r, mask, net, init, pre, extra)
+
+def _round_end(s: _IMPSetup, b: _RoundStart, hist: pd.DataFrame, rewind: Mapping | None = None, epochs: Mapping = {}) -> Result:
+    "The round's run: mask, trained state, info; round 0 also its initialisation, the rewind point and the kept epochs."
+    tensors = dict(mask=b.mask.state_dict(), state=_plain_state(b.net, s.keys))
+    if b.r == 0: tensors.update(init=b.init, rewind=_plain_state(rewind, s.keys), epochs={t: _plain_state(epochs[t], s.keys) for t in s.keep})
+    return Result(hist, tensors, _round_info(b.r, b.mask, s.recipe, b.pre, hist))
+
+def _train_round(s: _IMPSetup, config: dict, workdir: Path | None, get_round, progress: bool, mask: Mask | None = None) -> Result:
+    "Train round `config['round']` (a `cached_run` function): its mask and trained state, and round 0's rewind point."
+    b = _round_begin(s, config["round"], get_round, mask)
+    snap = [Snapshot(iterations=[s.rewind], epochs=s.keep)] if b.r == 0 else []
+    hist = fit(b.net, s.splits, s.recipe, mask=b.mask, extra_loss=b.extra, callbacks=snap, seed=s.seed, progress=progress,
                checkpoint=None if workdir is None else workdir/CHECKPOINT)
-    tensors = dict(mask=mask.state_dict(), state=_plain_state(net, s.keys))
-    if r == 0: tensors.update(init=init, rewind=_plain_state(snap[0].iterations[s.rewind], s.keys),
-                              epochs={t: _plain_state(snap[0].epochs[t], s.keys) for t in s.keep})
-    return Result(hist, tensors, _round_info(r, mask, s.recipe, pre, hist))
+    return _round_end(s, b, hist, *((snap[0].iterations[s.rewind], snap[0].epochs) if snap else ()))
+
+# %% ../nbs/13_imp.ipynb #f80bae4e
+def _stack_extra(extras: Sequence, K: int):
+    "The stack's extra loss from its chains' round losses: a K-vector, run k's term `f(stack, member=(k, K))` (None: no term)."
+    if all(f is None for f in extras): return None
+    names = {getattr(f, "__name__", None) for f in extras}
+    if None in extras or len(names) != 1 or not all(getattr(f, "stacks", False) for f in extras):
+        raise ValueError("round_loss: a stack's chains need round losses of one kind whose functions take member=(k, K) "
+                         f"(an attribute `stacks = True`, as rti.Repulsion's); got {sorted(map(str, names))}: train these chains one by one")
+    def stacked(stack: nn.Module) -> torch.Tensor: return torch.stack([f(stack, member=(k, K)) for k, f in enumerate(extras)])
+    stacked.__name__ = names.pop()                 # the history names the term as a single run's does
+    return stacked
+
+def _train_rounds(setups: Sequence[_IMPSetup], r: int, configs, workdirs, get_rounds, masks, progress: bool) -> list[Result]:
+    "Round r of several chains (a `cached_runs` function): one `fit_stack`, each run its own start, seed, lr, mask and round loss."
+    if len(setups) == 1: return [_train_round(setups[0], configs[0], workdirs[0], get_rounds[0], progress, masks[0])]
+    starts = [_round_begin(s, r, g, m) for s, g, m in zip(setups, get_rounds, masks)]
+    s0, K = setups[0], len(setups)
+    snap = [Snapshot(iterations=[s0.rewind], epochs=s0.keep)] if r == 0 else []
+    hists = fit_stack([b.net for b in starts], s0.splits, [s.recipe for s in setups], masks=[b.mask for b in starts],
+                      seeds=[s.seed for s in setups], extra_loss=_stack_extra([b.extra for b in starts], K), callbacks=snap,
+                      progress=progress, checkpoint=None if workdirs[0] is None else stack_checkpoint(workdirs))
+    part = lambda state, k: member_state(state, k, K)
+    return [_round_end(s, b, h, *((part(snap[0].iterations[s0.rewind], k), {t: part(v, k) for t, v in snap[0].epochs.items()}) if snap else ()))
+            for k, (s, b, h) in enumerate(zip(setups, starts, hists))]
+
 
 # %% ../nbs/13_imp.ipynb #ec5cb639
 def _history(runs) -> pd.DataFrame:
@@ -341,6 +389,97 @@ def _imp_result(s: _IMPSetup, runs: list, cache: bool) -> IMPResult:
     table = pd.DataFrame([dict(run.info, cached=bool(getattr(run, "cached", False))) for run in runs])
     return IMPResult(table, ticket, hist, pre["acc"], runs, s.arch)
 
+# %% ../nbs/13_imp.ipynb #54408909
+IMP_DEFAULTS = dict(rewind=0, epochs_per_round=None, fraction=0.2, seed=0, exclude=(), keep_epochs=(), round_loss=None, masks_from=None)
+
+@dataclass
+class _Chain:
+    "One IMP of a stack: its checked arguments, its rounds (run or result) and masks so far; `source`: the index of the chain whose masks it trains."
+    s: _IMPSetup
+    source: int | None = None
+    runs: dict = field(default_factory=dict)
+    masks: dict = field(default_factory=dict)
+    @property
+    def trained(self) -> int: return max(len(self.s.counts) - 1, 1)   # R trained rounds (round 0 also when d = 1: it has the rewind point)
+
+def _chain_of(call, k: int, chains: list[_Chain], cache: bool) -> _Chain:
+    "Call k of a stack, checked: `imp`'s arguments, `masks_from` an IMPResult or the index of an earlier call."
+    if not isinstance(call, Mapping): raise TypeError(f"calls[{k}]: give a dict of imp's arguments, not {type(call).__name__}")
+    known, need = {"arch", "data", "density", "recipe", *IMP_DEFAULTS}, {"arch", "data", "density", "recipe"}
+    if set(call) - known or need - set(call):
+        raise ValueError(f"calls[{k}]: unknown {sorted(set(call) - known)}, missing {sorted(need - set(call))}; give imp's arguments "
+                         f"{sorted(known)} (cache, progress and root are imp_stack's own)")
+    a, src = {**IMP_DEFAULTS, **call}, call.get("masks_from")
+    inner = isinstance(src, int) and not isinstance(src, bool)
+    if inner and not 0 <= src < k: raise ValueError(f"calls[{k}]: masks_from={src}: an index names an earlier call of the stack (0 … {k - 1})")
+    s = _imp_setup(a["arch"], a["data"], a["density"], a["recipe"], a["rewind"], a["epochs_per_round"], a["fraction"], a["seed"],
+                   a["exclude"], a["keep_epochs"], a["round_loss"], None if inner else src, cache)
+    if inner:
+        o = chains[src]
+        _check_masks_of(o.s.arch, o.s.ones, o.trained, o.s.counts[-1], s.arch, s.ones, s.counts)
+    return _Chain(s, src if inner else None)
+
+def _check_stackable(chains: Sequence[_Chain]):
+    "ValueError unless the chains can train as one stack: one architecture up to its seed, data, recipe up to lr, rewind, kept epochs, exclude."
+    s0 = chains[0].s
+    same = lambda s: dict(arch={k: v for k, v in s.arch.items() if k != "seed"}, data=s.base["data"], recipe=s.recipe.replace(lr=1.0),
+                          rewind=s.rewind, keep=s.keep, exclude=s.base["exclude"], round_loss=s.round_loss is None)
+    for k, c in enumerate(chains[1:], 1):
+        a, b = same(s0), same(c.s)
+        if a != b or (s0.base["data"] is None and any(c.s.splits[n] is not s0.splits[n] for n in s0.splits)):
+            diff = [n for n in a if a[n] != b[n]] or ["data (splits given as tensors must be the same objects)"]
+            raise ValueError(f"calls[{k}] differs from calls[0] in {', '.join(diff)}: a stack's IMPs share everything but the "
+                             "seeds, the learning rate, the density, the fraction and masks_from; run them in separate stacks")
+
+def _mask_of(chains: list[_Chain], k: int, r: int) -> Mask:
+    "Chain k's round-r mask from what is known before round r trains: round r − 1's run, or its source's round r."
+    c = chains[k]
+    if r not in c.masks:
+        if r == 0: c.masks[r] = c.s.ones
+        elif c.source is not None: c.masks[r] = _mask_of(chains, c.source, r)
+        elif c.s.source is not None: c.masks[r] = c.s.source.mask(r)
+        else:
+            prev = c.runs[r - 1]
+            c.masks[r] = imp_prune(Mask(prev.tensors["mask"]), prev.tensors["state"], c.s.density, c.s.fraction)
+    return c.masks[r]
+
+def _chain_config(chains: list[_Chain], k: int, r: int, cache: bool) -> dict:
+    "Chain k's round-r configuration; a source in the stack enters by the key of its own round r (known before either trains)."
+    c = chains[k]
+    key = None if c.source is None else _round_key(_chain_config(chains, c.source, r, cache))
+    return _round_config(c.s, r, cache, key)
+
+
+# %% ../nbs/13_imp.ipynb #ba138334
+def imp_stack(calls: Sequence[Mapping], # one dict of `imp`'s arguments per IMP; masks_from may be the index of an earlier call
+              cache: bool = True, # every round a cached run ("imp-round"), under the key `imp` gives it
+              progress: bool = True,
+              root: str | Path | None = None, # run cache root (default outputs/runs)
+             ) -> list[IMPResult]:
+    "Several IMPs as one computation: round r of every chain still training in one stacked `fit_stack`; one `IMPResult` per call."
+    if isinstance(calls, Mapping) or not isinstance(calls, Sequence) or not calls: raise TypeError("calls: give a non-empty list of dicts, one per IMP")
+    chains: list[_Chain] = []
+    for k, call in enumerate(calls): chains.append(_chain_of(call, k, chains, cache))
+    _check_stackable(chains)
+    K, rounds = len(chains), max(c.trained for c in chains)
+    desc = f"imp to {chains[0].s.density:.4g}" if K == 1 else f"{K} imps as a stack"
+    for r in tqdm(range(rounds), desc=desc, unit="round", disable=not progress):
+        ks = [k for k, c in enumerate(chains) if r < c.trained]
+        configs = [_chain_config(chains, k, r, cache) for k in ks]
+        who = {_round_key(cfg): k for k, cfg in zip(ks, configs)}
+        def train(cfgs, works, r=r):
+            mine = [who[_round_key(c)] for c in cfgs]
+            return _train_rounds([chains[k].s for k in mine], r, cfgs, works, [chains[k].runs.__getitem__ for k in mine],
+                                 [_mask_of(chains, k, r) for k in mine], progress)
+        done = cached_runs("imp-round", configs, train, root=root) if cache else train(configs, [None]*len(configs))
+        for k, run in zip(ks, done): chains[k].runs[r] = run
+    results = []
+    for c in chains:
+        if c.source is not None: c.s.source = results[c.source]    # its ticket's mask and key, as masks_from=IMPResult gives
+        results.append(_imp_result(c.s, [c.runs[r] for r in range(c.trained)], cache))
+    return results
+
+
 # %% ../nbs/13_imp.ipynb #47778e88
 def imp(arch: Mapping, # get_model arguments (from arch_for), with an integer seed
         data: str | Mapping[str, DataSplit], # dataset name (cacheable), or 'train'/'test' splits with cache=False
@@ -359,21 +498,11 @@ def imp(arch: Mapping, # get_model arguments (from arch_for), with an integer se
         root: str | Path | None = None, # run cache root (default outputs/runs)
        ) -> IMPResult:
     "Iterative magnitude pruning to `density` with rewinding: trained rounds, per-round masks and states, and the ticket."
-    s = _imp_setup(arch, data, density, recipe, rewind, epochs_per_round, fraction, seed, exclude, keep_epochs, round_loss,
-                   masks_from, cache)
-    runs: dict[int, Run | Result] = {}
-
-    def train_round(config, workdir): return _train_round(s, config, workdir, get_round, progress)
-
-    def get_round(r):
-        if r not in runs:
-            cfg = _round_config(s, r, cache)
-            runs[r] = cached_run("imp-round", cfg, train_round, root=root) if cache else train_round(cfg, None)
-        return runs[r]
-
-    trained = max(len(s.counts) - 1, 1)            # R trained rounds (round 0 also when d = 1: it has the rewind point)
-    for r in tqdm(range(trained), desc=f"imp to {s.density:.4g}", unit="round", disable=not progress): get_round(r)
-    return _imp_result(s, [runs[r] for r in range(trained)], cache)
+    call = dict(arch=arch, data=data, density=density, recipe=recipe, rewind=rewind, epochs_per_round=epochs_per_round, fraction=fraction,
+                seed=seed, exclude=exclude, keep_epochs=keep_epochs, round_loss=round_loss, masks_from=masks_from)
+    if isinstance(masks_from, int) and not isinstance(masks_from, bool):
+        raise ValueError(f"masks_from={masks_from}: give the IMPResult whose masks to train (an index names a call of imp_stack)")
+    return imp_stack([call], cache, progress, root)[0]
 
 # %% ../nbs/13_imp.ipynb #228ae8f1
 VARIANTS = ("LT-IMP", "RR-IMP", "LT-OMP", "RR-OMP", "WR-IMP", "WR-OMP", "SD")

@@ -16,12 +16,13 @@ import torch
 from torch import nn
 
 from .core import check_finite, ExperimentSpec
-from .imp import IMPResult, imp, imp_rounds
+from .imp import IMPResult, imp, imp_rounds, imp_stack
 from .masks import Mask, keep_count
 from .models import prunable_weights
 from .plots import plot_methods
 from . import runs
 from .runs import STATS, run_counts
+from .stack import member_tensor, stack_pays
 from .recipes import Recipe
 from .tickets import arch_for
 
@@ -147,11 +148,15 @@ class Repulsion:
         for k in ([r - 1] if self.only_last else range(r)):
             state = optimum(k); store.add([state[n] for n in names], f"round {k}'s trained weights")
         held = {}
-        def repulsion(model: nn.Module) -> torch.Tensor:
+        def repulsion(model: nn.Module, member: tuple[int, int] | None = None) -> torch.Tensor:
+            "J_r of `model`; of a stack (`05b_stack`), of its run k with member=(k, K): on that run's block of the weights."
+            if member is not None:
+                w = prunable_weights(model)
+                return repulsion_loss([member_tensor(w[n], *member) for n in names], None, store, lam_r)
             if held.get("model") is not model:
                 w = prunable_weights(model); held.update(model=model, params=[w[n] for n in names])
             return repulsion_loss(held["params"], None, store, lam_r)
-        repulsion.store = store
+        repulsion.store, repulsion.stacks = store, True      # stacks: IMP chains with this loss train as one stack (`imp_stack`)
         return repulsion
 
 # %% ../nbs/14_rti.ipynb #c5a1da91
@@ -334,22 +339,47 @@ def sweep_recipe(cfg: Mapping, s: Mapping) -> Recipe:
     return r.replace(batch_size=s["batch_size"], warmup=s["warmup"], **({} if s["weight_decay"] is None else {"weight_decay": s["weight_decay"]}))
 
 # %% ../nbs/14_rti.ipynb #b7c02164
-def _rti_chains(cfg: Mapping, s: Mapping, seed: int, variants: Sequence[str]) -> dict[str, IMPResult]:
-    "IMP (and its reinitialisation control) of one setting and seed."
+def _rti_calls(cfg: Mapping, s: Mapping, seed: int, variants: Sequence[str]) -> list[dict]:
+    "`imp`'s arguments for IMP of one setting and seed, and (masks_from=0) its reinitialisation control."
     net = cfg["networks"][cfg["model"]]
     loss = Repulsion(s["lam_r"], only_last=s["only_last"]) if s["lam_r"] else None
     arch = arch_for(net["data"], net["model"], seed=seed, **net["options"])
     run = dict(data=net["data"], density=(1 - cfg["fraction"])**cfg["rounds"], recipe=sweep_recipe(cfg, s), fraction=cfg["fraction"],
-               seed=seed, round_loss=loss, progress=False)
-    found = {"IMP": imp(arch, **run)}
-    if "reinit" in variants: found["reinit"] = imp({**arch, "seed": seed + REINIT_SEED}, masks_from=found["IMP"], **run)
+               seed=seed, round_loss=loss)
+    return [dict(arch=arch, **run)] + ([dict(arch={**arch, "seed": seed + REINIT_SEED}, masks_from=0, **run)] if "reinit" in variants else [])
+
+def _rti_chains(cfg: Mapping, s: Mapping, seed: int, variants: Sequence[str]) -> dict[str, IMPResult]:
+    "IMP (and its reinitialisation control) of one setting and seed, one chain after the other."
+    calls, found = _rti_calls(cfg, s, seed, variants), {}
+    found["IMP"] = imp(**calls[0], progress=False)
+    if len(calls) > 1: found["reinit"] = imp(**{**calls[1], "masks_from": found["IMP"]}, progress=False)
     return found
 
 # %% ../nbs/14_rti.ipynb #32c27c26
-def _rti_unit(u: dict) -> tuple[dict[str, IMPResult], dict[str, pd.DataFrame]]:
+def _rti_one(u: dict) -> tuple[dict[str, IMPResult], dict[str, pd.DataFrame]]:
     "One unit of the sweep (a setting and a seed): its chains, and each one's `round_statistics`, computed where the chains are."
     found = _rti_chains(**u)
     return found, {v: round_statistics(c) for v, c in found.items()}
+
+def _rti_many(units: list[dict]) -> list[tuple[dict[str, IMPResult], dict[str, pd.DataFrame]]]:
+    "Units of one setting (seeds differ) as one stack of IMP chains (`imp_stack`): each unit's IMP and its control, rounds together."
+    calls, at = [], []
+    for u in units:
+        base = len(calls); at.append(base)
+        calls += [dict(c, masks_from=base + c["masks_from"]) if "masks_from" in c else c for c in _rti_calls(**u)]
+    chains = imp_stack(calls, progress=False)
+    out = []
+    for u, i in zip(units, at):
+        found = dict(zip([v for v in VARIANT_NAMES if v == "IMP" or v in u["variants"]], chains[i:i + 1 + ("reinit" in u["variants"])]))
+        out.append((found, {v: round_statistics(c) for v, c in found.items()}))
+    return out
+
+def _rti_key(u: dict):
+    "Units that stack: one setting of one network (seeds differ), where stacking pays on this device (`stack.stack_pays`)."
+    net = u["cfg"]["networks"][u["cfg"]["model"]]
+    return runs.canonical(dict(net=net, s=u["s"], variants=u["variants"])) if stack_pays(net["model"]) else None
+
+_rti_unit = runs.Stackable(_rti_one, _rti_many, _rti_key)
 
 # %% ../nbs/14_rti.ipynb #bc29d1ef
 def method_name(row) -> str:
@@ -373,6 +403,7 @@ def rti_sweep(cfg: Mapping, # a checked RTISpec (`RTISpec.fill`)
               executor: str = "serial", # where the chains are computed (`core.EXECUTORS`)
               workers: int | None = None, # parallel chains (`runs.sweep`)
               progress: bool = True,
+              stack: int | None = None, # units (setting × seed) per stack of IMP chains (default `runs.default_stack()`; 1: none)
              ) -> RTISweep:
     "Run (or load) IMP and its reinitialisation control for every setting and seed of `cfg`; one row per round."
     bad = [v for v in variants if v not in VARIANT_NAMES]
@@ -382,7 +413,7 @@ def rti_sweep(cfg: Mapping, # a checked RTISpec (`RTISpec.fill`)
     by_cost = sorted(range(len(grid)), key=lambda i: grid[i][0]["batch_size"])   # longest first: small batches take the most steps
     stats0 = dict(STATS)
     done = runs.sweep([dict(cfg=cfg, s=grid[i][0], seed=grid[i][1], variants=list(variants)) for i in by_cost], _rti_unit, executor,
-                      workers=workers, desc="rti sweep", progress=progress)
+                      workers=workers, desc="rti sweep", progress=progress, stack=stack)
     found, rows, chains, recipes = dict(zip(by_cost, done)), [], {}, {}
     for i, (s, seed) in enumerate(grid):                     # the grid's order: setting by setting, seed by seed
         label, (chain_of, stats_of) = setting_label(s), found[i]

@@ -12,13 +12,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .core import get_device
 from .masks import MaskedConv2d, MaskedLayer, Mask, ScoredConv2d, check_binary, masked_layers
 from .models import PadShortcut
 
 # %% auto #0
-__all__ = ['stack_tensors', 'member_tensor', 'member_state', 'stacked_linear', 'StackedLinear', 'StackedMaskedLinear',
-           'StackedScoredLinear', 'StackedPadShortcut', 'stack_models', 'stack_size', 'stack_inputs', 'shared_input',
-           'member_outputs', 'unstack', 'check_stacked']
+__all__ = ['FAST_ON_CPU', 'stack_tensors', 'member_tensor', 'member_state', 'stacked_linear', 'StackedLinear',
+           'StackedMaskedLinear', 'StackedScoredLinear', 'StackedPadShortcut', 'stack_models', 'stack_size',
+           'stack_inputs', 'shared_input', 'member_outputs', 'unstack', 'check_stacked', 'stack_pays']
 
 # %% ../nbs/05b_stack.ipynb #96c463a9
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
@@ -181,3 +182,13 @@ def check_stacked(net: nn.Module, models: Sequence[nn.Module], x: torch.Tensor, 
         raise ValueError(f"the stack's outputs differ from its members' by {gap:.3g}: this architecture's forward mixes "
                          "channels across members (e.g. a reshape that assumes its own channel count); train its runs one at a time")
     return gap
+
+# %% ../nbs/05b_stack.ipynb #6699a051
+FAST_ON_CPU = ("lenet-300-100", "small-cnn")   # measured faster stacked on this CPU (`bench/stacked.py`)
+
+def stack_pays(name: str, # an architecture name (`get_model`)
+               device: str | torch.device | None = None, # default: `get_device()`
+              ) -> bool:
+    "Whether runs of architecture `name` should be stacked on `device`: always on CUDA; on CPU for the networks measured faster."
+    dev = get_device() if device is None else torch.device(device)
+    return dev.type == "cuda" or name in FAST_ON_CPU
