@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import math
 import warnings
+from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import pandas as pd
@@ -17,16 +18,17 @@ from torch import nn
 from .data import load_dataset
 from .masks import Mask, check_density, get_mask, masked_layers, plain_state, to_masked, top_count
 from .models import get_model
-from .runs import CHECKPOINT, Result, cached_run
+from .runs import CHECKPOINT, Result, cached_runs, canonical, jsonable, stack_checkpoint
+from .stack import member_tensor
 from .recipes import as_recipe, get_recipe, Recipe, RECIPES
-from .train import Callback, evaluate, fit, FitState
+from .train import Callback, evaluate, fit, fit_stack, FitState
 from .tickets import check_arch, finetune, arch_for, Ticket
 
 CACHE_VERSION = 1
 
 # %% auto #0
 __all__ = ['CACHE_VERSION', 'EVENTS', 'REGULARIZERS', 'GEMS_OPTIONS', 'freezing_bound', 'freezing_events', 'freeze',
-           'score_regularizer', 'Miner', 'gem_miner']
+           'score_regularizer', 'Miner', 'gem_miner_stack', 'gem_miner']
 
 # %% ../nbs/10_gem_miner.ipynb #10c97cb6
 EVENTS = ("paper", "official")
@@ -49,18 +51,22 @@ def freezing_events(epochs: int, # E
     return {k*period + 1: density**(k/n) for k in range(1, n + 1)}
 
 # %% ../nbs/10_gem_miner.ipynb #cefb1429
-def freeze(model: nn.Module, keep: int, invert: bool = False) -> int:
-    "Keep the `keep` largest (smallest if `invert`) scores among the active entries of all layers; return the number frozen."
-    layers = list(masked_layers(model).values())
-    q = torch.cat([l.mask.detach().flatten() for l in layers]).bool()
-    p = torch.cat([l.scores.detach().flatten() for l in layers]).float()
+def _part(member: tuple[int, int] | None):
+    "A tensor's part that belongs to one run: all of it, or (member=(k, K)) run k's block of a stack (`05b_stack`)."
+    return (lambda t: t) if member is None else (lambda t: member_tensor(t, *member))
+
+def freeze(model: nn.Module, keep: int, invert: bool = False, member: tuple[int, int] | None = None) -> int:
+    "Keep the `keep` largest (smallest if `invert`) scores among the active entries of all layers (of run k of a stack with member=(k, K)); return the number frozen."
+    layers, part = list(masked_layers(model).values()), _part(member)
+    masks = [part(l.mask) for l in layers]
+    q = torch.cat([m.detach().flatten() for m in masks]).bool()
+    p = torch.cat([part(l.scores).detach().flatten() for l in layers]).float()
     active = int(q.sum())
     if not 0 <= keep <= active: raise ValueError(f"keep={keep}: {active} entries are active")
     key = torch.where(q, -p if invert else p, torch.tensor(-math.inf))   # frozen entries are never kept again
     new = top_count(key, keep)
     with torch.no_grad():
-        for l, part in zip(layers, torch.split(new, [l.mask.numel() for l in layers])):
-            l.mask.copy_(part.view_as(l.mask))
+        for m, piece in zip(masks, torch.split(new, [m.numel() for m in masks])): m.copy_(piece.view_as(m))
     return active - keep
 
 # %% ../nbs/10_gem_miner.ipynb #617a3ea9
@@ -70,29 +76,33 @@ def score_regularizer(lam: float, regularizer: str = "L2"):
     "The extra loss λ·ℓ_reg(p) over all scores of a model (a function of the model)."
     if regularizer not in REGULARIZERS: raise ValueError(f"regularizer={regularizer!r}: use one of {', '.join(map(repr, REGULARIZERS))}")
     reg = REGULARIZERS[regularizer]
-    def score_reg(model): return lam*sum(reg(l.scores) for l in masked_layers(model).values())
+    def score_reg(model, member: tuple[int, int] | None = None):
+        "λ·ℓ_reg over the model's scores (member=(k, K): run k's block of a stack's)."
+        part = _part(member)
+        return lam*sum(reg(part(l.scores)) for l in masked_layers(model).values())
     return score_reg
 
 # %% ../nbs/10_gem_miner.ipynb #f48d1690
 class Miner(Callback):
     "Iterative freezing at the scheduled epochs, and the per-epoch record of GEM-MINER."
-    def __init__(self, schedule: Mapping[int, float], epochs: int, density: float | None, invert: bool = False):
-        self.schedule, self.epochs, self.density, self.invert = dict(schedule), epochs, density, invert
+    def __init__(self, schedule: Mapping[int, float], epochs: int, density: float | None, invert: bool = False,
+                 member: tuple[int, int] | None = None): # (k, K): run k of a stack (`fit_stack`), its block of every layer
+        self.schedule, self.epochs, self.density, self.invert, self.member = dict(schedule), epochs, density, invert, member
         self.collapsed: dict[int, list[str]] = {}
 
     def on_epoch_end(self, s: FitState):
-        layers = masked_layers(s.model)
+        layers, part, k = masked_layers(s.model), _part(self.member), None if self.member is None else self.member[0]
         if s.epoch in self.schedule:
-            total = sum(l.mask.numel() for l in layers.values())
-            active = sum(int(l.mask.sum()) for l in layers.values())
-            freeze(s.model, min(active, math.floor(self.schedule[s.epoch]*total)), invert=self.invert)
-        frozen = Mask({n: l.mask for n, l in layers.items()})
-        mask = get_mask(s.model)
-        s.log("frozen_density", frozen.density)
-        s.log("mask_density", mask.density)
-        if self.density is not None: s.log("bound", freezing_bound(s.epoch, self.epochs, self.density))
+            total = sum(part(l.mask).numel() for l in layers.values())
+            active = sum(int(part(l.mask).sum()) for l in layers.values())
+            freeze(s.model, min(active, math.floor(self.schedule[s.epoch]*total)), invert=self.invert, member=self.member)
+        frozen = Mask({n: part(l.mask) for n, l in layers.items()})
+        mask = Mask({n: part(l.current_mask()) for n, l in layers.items()})     # `get_mask`, of this run
+        s.log("frozen_density", frozen.density, member=k)
+        s.log("mask_density", mask.density, member=k)
+        if self.density is not None: s.log("bound", freezing_bound(s.epoch, self.epochs, self.density), member=k)
         gone = mask.collapsed()
-        s.log("collapsed", len(gone))
+        s.log("collapsed", len(gone), member=k)
         if gone:
             if not self.collapsed: warnings.warn(f"layer collapse at epoch {s.epoch}: {', '.join(gone)} kept no weight")
             self.collapsed[s.epoch] = gone
@@ -125,6 +135,55 @@ def _mined_ticket(net: nn.Module, miner: Miner, arch: Mapping, density: float | 
     return Ticket(mask, plain_state(net), dict(arch), hist, info, extras=extras)
 
 # %% ../nbs/10_gem_miner.ipynb #ca9d1c65
+@dataclass(frozen=True)
+class _Mining:
+    "One `gem_miner` call, checked: its arguments, its freezing schedule and its cache key."
+    arch: dict; data: str; density: float | None; lam: float; recipe: Recipe; period: int; regularizer: str; seed: int
+    events: str; unflag: bool; invert: bool; schedule: dict; config: dict
+
+def _mining(arch, data, density, lam, recipe, period=5, regularizer="L2", seed=0, events="paper", unflag=False, invert=False) -> _Mining:
+    "`gem_miner`'s arguments checked (the recipe set to train scores), with the freezing events and the run's configuration."
+    recipe = as_recipe(recipe).replace(trains="scores")
+    _check_mining(density, lam, period, recipe)
+    score_regularizer(lam, regularizer)                       # checks the regulariser's name
+    schedule, arch = freezing_events(recipe.epochs, period, density, events), check_arch(arch)
+    config = dict(model=dict(arch), data=data, density=density, lam=lam, recipe=recipe, period=period,
+                  regularizer=regularizer, seed=seed, events=events, unflag=unflag, invert=invert)
+    return _Mining(arch, data, density, lam, recipe, period, regularizer, seed, events, unflag, invert, schedule, config)
+
+def _mine(ms: Sequence[_Mining], workdirs, progress: bool) -> list[Ticket]:
+    "Mine: one run by `fit`; several as one stack (`fit_stack`: each its own scores, seed, λ, lr, schedule and Miner)."
+    nets = [to_masked(get_model(**m.arch), rule="round", scores="uniform", seed=m.seed) for m in ms]
+    regs, K = [score_regularizer(m.lam, m.regularizer) for m in ms], len(ms)
+    if K == 1:
+        m, miners = ms[0], [Miner(ms[0].schedule, ms[0].recipe.epochs, ms[0].density, ms[0].invert)]
+        hists = [fit(nets[0], m.data, m.recipe, extra_loss={"score_reg": regs[0]}, callbacks=miners, seed=m.seed, progress=progress,
+                     checkpoint=None if workdirs[0] is None else workdirs[0]/CHECKPOINT)]
+    else:
+        miners = [Miner(m.schedule, m.recipe.epochs, m.density, m.invert, member=(k, K)) for k, m in enumerate(ms)]
+        reg = lambda stack: torch.stack([f(stack, member=(k, K)) for k, f in enumerate(regs)])
+        hists = fit_stack(nets, ms[0].data, [m.recipe for m in ms], seeds=[m.seed for m in ms], extra_loss={"score_reg": reg},
+                          callbacks=miners, progress=progress, checkpoint=None if workdirs[0] is None else stack_checkpoint(workdirs))
+    return [_mined_ticket(n, mi, m.arch, m.density, m.lam, m.unflag, m.data, h) for n, mi, m, h in zip(nets, miners, ms, hists)]
+
+def gem_miner_stack(calls: Sequence[Mapping], # one dict of `gem_miner`'s arguments per run (arch, data, density, lam, recipe, ...)
+                    cache: bool = True, # each run through the run cache, under the key `gem_miner` gives it
+                    progress: bool = True,
+                   ) -> list[Ticket]:
+    "Several GEM-MINER runs (seeds, λ, densities, learning rates) mined as one stacked computation; one Ticket per call."
+    if isinstance(calls, Mapping) or not isinstance(calls, Sequence) or not calls: raise TypeError("calls: give a non-empty list of dicts, one per run")
+    ms = []
+    for k, c in enumerate(calls):
+        try: ms.append(_mining(**c))
+        except TypeError as e: raise ValueError(f"calls[{k}]: {e} (give gem_miner's arguments; cache and progress are gem_miner_stack's)") from None
+    plain = lambda m: (m.data, {n: v for n, v in m.arch.items() if n != "seed"})
+    bad = [k for k, m in enumerate(ms) if plain(m) != plain(ms[0])]
+    if bad: raise ValueError(f"calls[{bad[0]}]: another dataset or architecture than calls[0] ({plain(ms[bad[0]])} vs {plain(ms[0])}); a stack shares them")
+    if not cache: return _mine(ms, [None]*len(ms), progress)
+    who = {canonical(jsonable(m.config)): i for i, m in enumerate(ms)}
+    def run(cfgs, works): return [t.to_result() for t in _mine([ms[who[canonical(c)]] for c in cfgs], works, progress)]
+    return [Ticket.from_run(r) for r in cached_runs("gem_miner", [m.config for m in ms], run)]
+
 def gem_miner(arch: Mapping, # get_model arguments, e.g. arch_for("fashion-mnist", "lenet-300-100", init="signed_constant")
               data: str, # dataset name
               density: float | None, # target s; None = GEM-MINER(0)-style mining without freezing
@@ -140,24 +199,9 @@ def gem_miner(arch: Mapping, # get_model arguments, e.g. arch_for("fashion-mnist
               progress: bool = True,
              ) -> Ticket:
     "Mine a sparse mask of the frozen network `arch` with GEM-MINER(λ) (Algorithm 1); return it as a Ticket."
-    recipe = as_recipe(recipe).replace(trains="scores")
-    _check_mining(density, lam, period, recipe)
-    reg = score_regularizer(lam, regularizer)
-    schedule = freezing_events(recipe.epochs, period, density, events)
-    arch = check_arch(arch)
-    config = dict(model=dict(arch), data=data, density=density, lam=lam, recipe=recipe, period=period,
-                  regularizer=regularizer, seed=seed, events=events, unflag=unflag, invert=invert)
-
-    def mine(config, workdir=None):
-        net = to_masked(get_model(**arch), rule="round", scores="uniform", seed=seed)
-        miner = Miner(schedule, recipe.epochs, density, invert)
-        hist = fit(net, data, recipe, extra_loss={"score_reg": reg}, callbacks=[miner], seed=seed, progress=progress,
-                   checkpoint=None if workdir is None else workdir/CHECKPOINT)
-        return _mined_ticket(net, miner, arch, density, lam, unflag, data, hist)
-
-    if not cache: return mine(config)
-    run = cached_run("gem_miner", config, lambda c, w: mine(c, w).to_result())
-    return Ticket.from_run(run)
+    call = dict(arch=arch, data=data, density=density, lam=lam, recipe=recipe, period=period, regularizer=regularizer, seed=seed,
+                events=events, unflag=unflag, invert=invert)
+    return gem_miner_stack([call], cache, progress)[0]
 
 # %% ../nbs/10_gem_miner.ipynb #52c4d7fa
 GEMS_OPTIONS = dict(init="signed_constant", bias=False, affine_bn=False)  # the authors' builder (§1.1, §1.2)

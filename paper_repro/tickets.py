@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import pandas as pd
 import torch
@@ -17,11 +17,11 @@ from .data import DataSplit, get_info
 from .masks import Mask, apply_mask
 from .models import get_model
 from .recipes import Recipe, as_recipe
-from .runs import Result, Run, cached_run
-from .train import fit
+from .runs import Result, Run, cached_runs, canonical, jsonable, stack_checkpoint
+from .train import fit, fit_stack
 
 # %% auto #0
-__all__ = ['arch_for', 'check_arch', 'Ticket', 'finetune']
+__all__ = ['arch_for', 'check_arch', 'Ticket', 'finetune_stack', 'finetune']
 
 # %% ../nbs/08_tickets.ipynb #f5d29599
 def arch_for(data: str, name: str, **options) -> dict:
@@ -75,6 +75,41 @@ class Ticket:
         t = run.tensors
         return cls(Mask(t["mask"]), t["weights"], arch, run.history, info, f"{run.kind}-{run.key}", t.get("extras", {}))
 
+def _train_tickets(tickets: Sequence[Ticket], data, recipes: Sequence[Recipe], seeds: Sequence[int], workdirs, progress: bool):
+    "Train the tickets: one by `fit`, several as one stack (`fit_stack`); their networks and histories."
+    nets = [t.network() for t in tickets]
+    if len(nets) == 1:
+        return nets, [fit(nets[0], data, recipes[0], seed=seeds[0], progress=progress,
+                          checkpoint=None if workdirs[0] is None else workdirs[0]/"checkpoint.pt")]
+    return nets, fit_stack(nets, data, list(recipes), seeds=list(seeds), progress=progress,
+                           checkpoint=None if workdirs[0] is None else stack_checkpoint(workdirs))
+
+def finetune_stack(tickets: Sequence[Ticket], # tickets of one architecture (up to its seed and initialisation)
+                   data: str | Mapping[str, DataSplit], # a dataset name (cacheable) or splits
+                   recipe: Recipe | str | Mapping | Sequence, # one recipe, or one per ticket differing only in lr
+                   seeds: int | Sequence[int] = 0, # batch order and augmentation: one for all, or one per ticket
+                   cache: bool = True, # use the run cache when every ticket has a key and data is a name
+                   progress: bool = True,
+                  ) -> list[tuple[nn.Module, pd.DataFrame]]:
+    "Train several tickets under their fixed masks as one stack; each is the run `finetune` makes of it (same cache key)."
+    tickets = list(tickets); K = len(tickets)
+    if not K: return []
+    recipes = [as_recipe(r) for r in recipe] if isinstance(recipe, (list, tuple)) else [as_recipe(recipe)]*K
+    seeds = [seeds]*K if isinstance(seeds, int) else list(seeds)
+    if len(recipes) != K or len(seeds) != K: raise ValueError(f"recipe, seeds: give one for all or one per ticket ({K})")
+    if not (cache and isinstance(data, str) and all(t.key is not None for t in tickets)):
+        return list(zip(*_train_tickets(tickets, data, recipes, seeds, [None]*K, progress)))
+    configs = [dict(ticket=t.key, data=data, recipe=r, seed=s) for t, r, s in zip(tickets, recipes, seeds)]
+    who = {canonical(jsonable(c)): i for i, c in enumerate(configs)}
+    def run(cfgs, works):
+        idx = [who[canonical(c)] for c in cfgs]
+        nets, hists = _train_tickets([tickets[i] for i in idx], data, [recipes[i] for i in idx], [seeds[i] for i in idx], works, progress)
+        return [Result(h, dict(state=n.state_dict())) for n, h in zip(nets, hists)]
+    out = []
+    for t, r in zip(tickets, cached_runs("finetune", configs, run)):
+        net = t.network(); net.load_state_dict(r.tensors["state"]); out.append((net, r.history))
+    return out
+
 def finetune(ticket: Ticket, # what to train
              data: str | Mapping[str, DataSplit], # a dataset name (cacheable) or splits
              recipe: Recipe | str | Mapping, # e.g. a Table 15 recipe
@@ -83,16 +118,4 @@ def finetune(ticket: Ticket, # what to train
              progress: bool = True,
             ) -> tuple[nn.Module, pd.DataFrame]:
     "Train the ticket's weights under its fixed mask; return (trained network, history)."
-    recipe = as_recipe(recipe)
-    def train(config=None, workdir=None):
-        net = ticket.network()
-        hist = fit(net, data, recipe, seed=seed, progress=progress,
-                   checkpoint=None if workdir is None else workdir/"checkpoint.pt")
-        return net, hist
-    if not (cache and ticket.key is not None and isinstance(data, str)): return train()
-    def run(config, workdir):
-        net, hist = train(config, workdir)
-        return Result(hist, dict(state=net.state_dict()))
-    r = cached_run("finetune", dict(ticket=ticket.key, data=data, recipe=recipe, seed=seed), run)
-    net = ticket.network(); net.load_state_dict(r.tensors["state"])
-    return net, r.history
+    return finetune_stack([ticket], data, recipe, seed, cache, progress)[0]
