@@ -18,16 +18,17 @@ from .baselines import smart_ratio_ticket
 from .core import ExperimentSpec, PRESETS, claim
 from .data import load_dataset
 from .edge_popup import edge_popup
-from .gem_miner import GEMS_OPTIONS, gem_miner
-from .imp import imp, round_recipe
+from .gem_miner import GEMS_OPTIONS, gem_miner, gem_miner_stack
+from .imp import imp, imp_stack, round_recipe
 from .masks import check_density, Mask
 from .plots import plot_methods
 from . import runs
 from .runs import STATS, run_counts
 from .sanity import sanity_check
+from .stack import stack_pays
 from .recipes import as_recipe, Recipe, RECIPES
 from .train import evaluate, fit_seconds, last_value
-from .tickets import finetune, arch_for, Ticket
+from .tickets import finetune, finetune_all, arch_for, Ticket
 
 # %% auto #0
 __all__ = ['INVERSIONS', 'METHODS', 'SANITY', 'LABELS', 'gems_network', 'GemsSpec', 'GemsSweep', 'gems_sweep', 'sparse_regime',
@@ -231,40 +232,61 @@ class _Point:
         self.out["curves"].append((method, h.assign(epoch=h.epoch + offset, phase=phase, method=method, **{**self.ids, **ids})))
 
 # %% ../nbs/17_gems.ipynb #7f9c084e
+def _gm_call(p: _Point, invert: bool = False) -> dict:
+    "`gem_miner`'s arguments at a point: the density's λ, period and mining lr (the score-inversion check: invert, unflag)."
+    g, i = p.net["gm"], p.i
+    call = dict(arch=p.arch, data=p.data, density=p.target, lam=g["lam"][i], recipe=g["mine"].replace(lr=g["lr"][i]),
+                period=g["period"][i], events=g["events"], seed=p.seed)
+    return dict(call, invert=True, unflag=True) if invert else call
+
+def _ft_recipe(p: _Point) -> Recipe:
+    "The finetuning recipe of GM and its sanity checks at the point's density."
+    return p.net["finetune"]["recipe"].replace(lr=p.net["finetune"]["lr"][p.i])
+
 def _gm(p: _Point, sanity: bool, inversion: str = "mining"):
     "GEM-MINER: mine, finetune; then (sanity) the three checks, each finetuned the same way."
-    g, i = p.net["gm"], p.i
-    mine = g["mine"].replace(lr=g["lr"][i])
-    ft = p.net["finetune"]["recipe"].replace(lr=p.net["finetune"]["lr"][i])
-    kw = dict(period=g["period"][i], events=g["events"], seed=p.seed, progress=False)
-    gm = gem_miner(p.arch, p.data, p.target, g["lam"][i], mine, **kw)
+    call, ft = _gm_call(p), _ft_recipe(p)
+    gm, mine = gem_miner(**call, progress=False), call["recipe"]
     _, h = finetune(gm, p.data, ft, seed=p.seed, progress=False)
     p.record("GM", gm, gm.info["pre_finetune_acc"], h, mine.epochs + ft.epochs, fit_seconds(gm.history) + fit_seconds(h),
-             lam=g["lam"][i], collapsed=len(gm.info["collapsed"]))
+             lam=call["lam"], collapsed=len(gm.info["collapsed"]))
     p.curve(gm.history, "mining", "GM"); p.curve(h, "finetune", "GM", offset=mine.epochs)
-    if sanity: _sanity(p, gm, mine, ft, kw, inversion)
+    if sanity: _sanity(p, gm, ft, inversion)
 
 # %% ../nbs/17_gems.ipynb #2208fa60
-def _sanity(p: _Point, gm: Ticket, mine: Recipe, ft: Recipe, kw: dict, inversion: str):
-    "GM's three sanity checks (`SANITY`), each finetuned like GM; the inversion mined (default) or post-hoc."
+def _inverted(p: _Point) -> Ticket:
+    "The score-inversion check mined: its own GEM-MINER run, freezing keeping the lowest scores; its mask q."
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "layer collapse")   # expected: r(p) ⊙ q empties, the mask is q (see above)
+        return gem_miner(**_gm_call(p, invert=True), progress=False)
+
+def _sanity_tickets(p: _Point, gm: Ticket, inversion: str) -> list[tuple[str, Ticket, int, float, dict]]:
+    "GM's three checks (`SANITY`) as (method, ticket, mining epochs, mining seconds, extra columns), before finetuning."
+    out = []
     for check, method in SANITY.items():
-        epochs, seconds, extra = 0, 0.0, {"inversion": inversion} if check == "invert" else {}
-        if check == "invert" and inversion == "mining":   # its own mining run: freezing keeps the lowest scores; mask q
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", "layer collapse")   # expected: r(p) ⊙ q empties, the mask is q (see above)
-                t = gem_miner(p.arch, p.data, p.target, p.net["gm"]["lam"][p.i], mine, invert=True, unflag=True, **kw)
-            epochs, seconds = mine.epochs, fit_seconds(t.history)
-        else: t = sanity_check(gm, check, seed=p.seed)
+        if check == "invert" and inversion == "mining":
+            t = _inverted(p); out.append((method, t, _gm_call(p)["recipe"].epochs, fit_seconds(t.history), {"inversion": inversion}))
+        else: out.append((method, sanity_check(gm, check, seed=p.seed), 0, 0.0, {"inversion": inversion} if check == "invert" else {}))
+    return out
+
+def _sanity(p: _Point, gm: Ticket, ft: Recipe, inversion: str):
+    "GM's three sanity checks, each finetuned like GM; the inversion mined (default) or post-hoc."
+    for method, t, epochs, seconds, extra in _sanity_tickets(p, gm, inversion):
         _, h = finetune(t, p.data, ft, seed=p.seed, progress=False)
         p.record(method, t, evaluate(t.network(), p.test)["acc"], h, epochs + ft.epochs, seconds + fit_seconds(h), **extra)
 
 # %% ../nbs/17_gems.ipynb #866b433d
-def _imp(p: _Point, method: str):
-    "IMP (`IMP` is long-warm; `IMP short-cold` etc.): the rounds to the target, then the ticket trained like a round."
+def _imp_call(p: _Point, method: str) -> dict:
+    "`imp`'s arguments of an IMP method at a point (`IMP` is long-warm; `IMP short-cold` etc.)."
     length, start = ("long-warm" if method == "IMP" else method.split()[1]).split("-")
-    cfg = p.net["imp"]; rr = cfg["recipe"]
-    res = imp(p.plain, p.data, p.target, rr, rewind=cfg["rewind"] if start == "warm" else 0,
-              epochs_per_round=cfg["short"] if length == "short" else None, seed=p.seed, progress=False)
+    cfg = p.net["imp"]
+    return dict(arch=p.plain, data=p.data, density=p.target, recipe=cfg["recipe"], rewind=cfg["rewind"] if start == "warm" else 0,
+                epochs_per_round=cfg["short"] if length == "short" else None, seed=p.seed)
+
+def _imp(p: _Point, method: str):
+    "IMP: the rounds to the target, then the ticket trained like a round."
+    rr = p.net["imp"]["recipe"]
+    res = imp(**_imp_call(p, method), progress=False)
     _, h = finetune(res.ticket, p.data, rr, seed=p.seed, progress=False)
     p.record(method, res.ticket, res.pre_finetune_acc, h, int(res.rounds.epochs.sum()) + rr.epochs,
              fit_seconds(res.history) + fit_seconds(h), rounds=len(res.rounds))
@@ -279,18 +301,26 @@ def _dense(p: _Point):
     p.curve(h0, "dense", "dense", target=1.0)
 
 # %% ../nbs/17_gems.ipynb #8fead488
+def _ep_ticket(p: _Point) -> Ticket:
+    "Edge-Popup's ticket at the target density in every layer."
+    return edge_popup(p.arch, p.data, p.target, p.net["ep"]["recipe"], seed=p.seed, progress=False)
+
 def _ep(p: _Point):
     "Edge-Popup at the target density in every layer, then finetuned."
     r, ft = p.net["ep"]["recipe"], p.net["ep"]["finetune"]
-    ep = edge_popup(p.arch, p.data, p.target, r, seed=p.seed, progress=False)
+    ep = _ep_ticket(p)
     _, h = finetune(ep, p.data, ft, seed=p.seed, progress=False)
     p.record("EP", ep, evaluate(ep.network(), p.test)["acc"], h, r.epochs + ft.epochs, fit_seconds(ep.history) + fit_seconds(h))
 
 # %% ../nbs/17_gems.ipynb #72687e65
+def _sr_ticket(p: _Point) -> Ticket:
+    "A Smart-Ratio random ticket of the plain network at the target density."
+    sr = p.net["sr"]
+    return smart_ratio_ticket({**p.arch, "init": sr["init"]}, p.target, sr["family"], seed=p.seed, linear=sr["linear"])
+
 def _sr(p: _Point):
     "A Smart-Ratio random ticket of the plain network, trained."
-    sr, r = p.net["sr"], p.net["sr"]["recipe"]
-    t = smart_ratio_ticket({**p.arch, "init": sr["init"]}, p.target, sr["family"], seed=p.seed, linear=sr["linear"])
+    r, t = p.net["sr"]["recipe"], _sr_ticket(p)
     _, h = finetune(t, p.data, r, seed=p.seed, progress=False)
     p.record("SR", t, evaluate(t.network(), p.test)["acc"], h, r.epochs, fit_seconds(h))
 
@@ -331,7 +361,48 @@ def _gems_point(data: str, name: str, net: dict, s: int, d: float, methods: Sequ
     if "SR" in methods: _sr(p)
     return p.out
 
-def _gems_unit(u: dict) -> dict: return _gems_point(**u)
+def _gems_one(u: dict) -> dict: return _gems_point(**u)
+
+# %% ../nbs/17_gems.ipynb #a8ff8f00
+def _chunks(xs: list, n: int) -> list[list]: return [xs[i:i + n] for i in range(0, len(xs), n)]
+
+def _point_of(u: dict) -> _Point:
+    return _Point(u["data"], u["name"], u["net"], u["s"], u["d"], load_dataset(u["data"], "test"), dict(rows=[], layers=[], curves=[], dense=[]))
+
+def _finetunings(u: dict, p: _Point) -> list[tuple[Ticket, Recipe]]:
+    "What a unit finetunes (the tickets loaded or made as its methods make them): (ticket, recipe) pairs."
+    ms, jobs = set(u["methods"]), []
+    if {"GM", "sanity"} & ms:
+        gm, ft = gem_miner(**_gm_call(p), progress=False), _ft_recipe(p)
+        jobs.append((gm, ft))
+        if "sanity" in ms: jobs += [(t, ft) for _, t, *_ in _sanity_tickets(p, gm, u["inversion"])]
+    jobs += [(imp(**_imp_call(p, m), progress=False).ticket, p.net["imp"]["recipe"]) for m in u["methods"] if m.startswith("IMP")]
+    if "EP" in ms: jobs.append((_ep_ticket(p), p.net["ep"]["finetune"]))
+    if "SR" in ms: jobs.append((_sr_ticket(p), p.net["sr"]["recipe"]))
+    return jobs
+
+def _train_stacked(units: list[dict], size: int):
+    "Train into the run cache, stacked, what `units` will ask for: mining runs, IMP chains, then their finetunings."
+    points = [(u, _point_of(u)) for u in units]
+    mining = [_gm_call(p) for u, p in points if {"GM", "sanity"} & set(u["methods"])]
+    mining += [_gm_call(p, invert=True) for u, p in points if "sanity" in u["methods"] and u["inversion"] == "mining"]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "layer collapse")
+        for part in _chunks(mining, size): gem_miner_stack(part, progress=False)
+    for m in sorted({m for u in units for m in u["methods"] if m.startswith("IMP")}):
+        for part in _chunks([_imp_call(p, m) for u, p in points if m in u["methods"]], size): imp_stack(part, progress=False)
+    finetune_all([(t, r, p.seed) for u, p in points for t, r in _finetunings(u, p)], units[0]["data"], size)
+
+def _gems_many(units: list[dict]) -> list[dict]:
+    "Units of one network computed together: their runs trained as stacks (`_train_stacked`), then each unit's tables from the cache."
+    _train_stacked(units, runs.default_stack())
+    return [_gems_point(**u) for u in units]
+
+def _gems_key(u: dict):
+    "Units that stack: one network, on a device where stacking it pays."
+    return u["name"] if stack_pays(u["net"]["model"]) else None
+
+_gems_unit = runs.Stackable(_gems_one, _gems_many, _gems_key)
 
 # %% ../nbs/17_gems.ipynb #c78bc346
 def _gems_units(cfg: Mapping, grid: list[tuple], targets: dict, seeds: list[int], methods: list[str], dense: bool, inversion: str):
@@ -367,6 +438,7 @@ def gems_sweep(cfg: Mapping, # a Rare Gems preset (a `GemsSpec`, or a mapping): 
                workers: int | None = None, # parallel grid points (`runs.sweep`)
                progress: bool = True,
                inversion: str = "mining", # the score-inversion check: "mining" (the authors') or "post-hoc" (see above)
+               stack: int | None = None, # units (grid points of one network) computed as stacks (default `runs.default_stack()`; 1: none)
               ) -> GemsSweep:
     "Run (or load) the Rare Gems comparison grid; return its tables."
     if inversion not in INVERSIONS: raise ValueError(f"inversion={inversion!r}: use one of {', '.join(map(repr, INVERSIONS))}")
@@ -376,7 +448,7 @@ def gems_sweep(cfg: Mapping, # a Rare Gems preset (a `GemsSpec`, or a mapping): 
     first, then = _gems_units(cfg, grid, targets, seeds, methods, dense, inversion)
     stats0 = dict(STATS)
     outs = [out for part, what in ((first, "gems sweep"), (then, "IMP tickets"))
-            for out in runs.sweep(part, _gems_unit, executor, workers=workers, desc=what, progress=progress)]
+            for out in runs.sweep(part, _gems_unit, executor, workers=workers, desc=what, progress=progress, stack=stack)]
     t = _gather(first + then, outs, grid, methods)
     cat = lambda parts: pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
     return GemsSweep(pd.DataFrame(t["rows"]), cat(t["layers"]), cat(t["curves"]), pd.DataFrame(t["dense"]), run_counts(stats0))

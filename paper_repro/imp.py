@@ -20,16 +20,16 @@ from .core import check_finite, get_device
 from .data import DataSplit, load_dataset
 from .masks import Mask, apply_mask, check_density, keep_count, magnitude, weights_of
 from .models import count_parameters, get_model, prunable_weights
-from .runs import CHECKPOINT, STATS, Result, Run, cached_run, cached_runs, jsonable, run_counts, run_hash, stack_checkpoint
+from .runs import CHECKPOINT, STATS, Result, Run, cached_run, cached_runs, default_stack, jsonable, run_counts, run_hash, stack_checkpoint
 from .stack import member_state
 from .recipes import as_recipe, Recipe, RECIPES
 from .train import as_splits, evaluate, fit, fit_seconds, fit_stack, last_value, Snapshot
-from .tickets import check_arch, finetune, Ticket
+from .tickets import check_arch, finetune, finetune_all, Ticket
 
 # %% auto #0
-__all__ = ['CACHE_VERSION', 'IMP_DEFAULTS', 'VARIANTS', 'imp_rounds', 'imp_schedule', 'imp_counts', 'imp_prune', 'round_recipe',
-           'tail_recipe', 'rewound', 'IMPResult', 'imp_stack', 'imp', 'imp_level', 'omp_mask', 'reinitialised',
-           'LotterySanity', 'lottery_sanity']
+__all__ = ['CACHE_VERSION', 'IMP_DEFAULTS', 'VARIANTS', 'SANITY_DEFAULTS', 'imp_rounds', 'imp_schedule', 'imp_counts',
+           'imp_prune', 'round_recipe', 'tail_recipe', 'rewound', 'IMPResult', 'imp_stack', 'imp', 'imp_level',
+           'omp_mask', 'reinitialised', 'LotterySanity', 'lottery_sanity', 'lottery_sanity_stack']
 
 # %% ../nbs/13_imp.ipynb #5b925449
 CACHE_VERSION = 1
@@ -624,22 +624,29 @@ def _small_dense_ticket(arch: dict, density: float, exclude: Sequence[str]) -> t
     return Ticket(Mask.ones(net), net.state_dict(), sd.arch, key=f"init-{run_hash('init', sd.arch)}", info=dict(width=sd.width)), sd
 
 # %% ../nbs/13_imp.ipynb #6e98a1b2
-def _sanity_level(out: _SanityRuns, p: _SanityPlan, chain: IMPResult, r: int, dense: Ticket, theta_t, unpruned: int):
-    "Every variant `p` asks for at IMP level r, recorded in `out`; `unpruned`: the parameters no mask touches."
+def _level_trainings(p: _SanityPlan, chain: IMPResult, r: int, dense: Ticket, theta_t, unpruned: int) -> list[tuple]:
+    "What `p` trains at IMP level r (every variant but LT-IMP, the chain's own round r): (variant, ticket, recipe, start, extra)."
     lt, v, t = chain.level(r), p.variants, p.t
-    kept = lt.mask.nonzeros; params = unpruned + kept
-    if "LT-IMP" in v:    # round r of the chain trained exactly this ticket
-        out.add("LT-IMP", r, lt, chain.state(r), chain.runs[r].history, chain.runs[r].info["pre_acc"], p.recipe.epochs, "θ0", params=params)
-    if "RR-IMP" in v: out.train("RR-IMP", r, reinitialised(lt, p.rr_seed), p.recipe, "θ0'", params=params)
-    if "WR-IMP" in v: out.train("WR-IMP", r, lt.replace(f"wr-{t}", weights=theta_t), p.tail, f"θ{t}", params=params)
+    kept = lt.mask.nonzeros; params = dict(params=unpruned + kept)
     omp = Ticket(omp_mask(chain, kept), dense.weights, p.arch, key=None if dense.key is None else f"{dense.key}/omp-{kept}",
                  info=dict(algorithm="omp", kept=kept))
-    if "LT-OMP" in v: out.train("LT-OMP", r, omp, p.recipe, "θ0", params=params)
-    if "RR-OMP" in v: out.train("RR-OMP", r, reinitialised(omp, p.rr_seed), p.recipe, "θ0'", params=params)
-    if "WR-OMP" in v: out.train("WR-OMP", r, omp.replace(f"wr-{t}", weights=theta_t), p.tail, f"θ{t}", params=params)
+    jobs = [("RR-IMP", reinitialised(lt, p.rr_seed), p.recipe, "θ0'", params), ("WR-IMP", lt.replace(f"wr-{t}", weights=theta_t), p.tail, f"θ{t}", params),
+            ("LT-OMP", omp, p.recipe, "θ0", params), ("RR-OMP", reinitialised(omp, p.rr_seed), p.recipe, "θ0'", params),
+            ("WR-OMP", omp.replace(f"wr-{t}", weights=theta_t), p.tail, f"θ{t}", params)]
+    jobs = [j for j in jobs if j[0] in v]
     if "SD" in v:
         ticket, sd = _small_dense_ticket(p.arch, kept/chain.mask(0).size, p.exclude)
-        out.train("SD", r, ticket, p.recipe, "θ0 (SD)", params=sd.params, target_params=sd.target, width=sd.width)
+        jobs.append(("SD", ticket, p.recipe, "θ0 (SD)", dict(params=sd.params, target_params=sd.target, width=sd.width)))
+    return jobs
+
+def _sanity_level(out: _SanityRuns, p: _SanityPlan, chain: IMPResult, r: int, dense: Ticket, theta_t, unpruned: int):
+    "Every variant `p` asks for at IMP level r, recorded in `out`; `unpruned`: the parameters no mask touches."
+    lt = chain.level(r)
+    if "LT-IMP" in p.variants:    # round r of the chain trained exactly this ticket
+        out.add("LT-IMP", r, lt, chain.state(r), chain.runs[r].history, chain.runs[r].info["pre_acc"], p.recipe.epochs, "θ0",
+                params=unpruned + lt.mask.nonzeros)
+    for variant, ticket, recipe, start, extra in _level_trainings(p, chain, r, dense, theta_t, unpruned):
+        out.train(variant, r, ticket, recipe, start, **extra)
 
 # %% ../nbs/13_imp.ipynb #3fa1398c
 def _sanity_table(rows: list[dict], fraction: float) -> pd.DataFrame:
@@ -651,6 +658,15 @@ def _sanity_table(rows: list[dict], fraction: float) -> pd.DataFrame:
     return table
 
 # %% ../nbs/13_imp.ipynb #e3b21189
+def _sanity_chain(p: _SanityPlan, data: str, fraction: float, seed: int, exclude) -> dict:
+    "`imp`'s arguments of the LT-IMP chain: cold, one level past the sparsest, keeping epoch t for WR."
+    return dict(arch=p.arch, data=data, density=(1 - fraction)**(p.levels[-1] + 1), recipe=p.recipe, rewind=0, fraction=fraction,
+                seed=seed, exclude=exclude, keep_epochs=(p.t,))
+
+def _unpruned(p: _SanityPlan, chain: IMPResult) -> int:
+    "Parameters no mask touches (biases, BatchNorm, excluded layers)."
+    return count_parameters(get_model(**p.arch)) - chain.mask(0).size
+
 def lottery_sanity(arch: Mapping, # get_model arguments (arch_for), with an integer seed
                    data: str, # dataset name (every training is a cached run)
                    densities: Sequence[float], # IMP levels 0.8^r, r >= 1 (e.g. 0.41, 0.21, 0.086, 0.044)
@@ -666,12 +682,31 @@ def lottery_sanity(arch: Mapping, # get_model arguments (arch_for), with an inte
     "LT/RR × IMP/OMP, WR and the small dense network at the given densities, all trained with `recipe`."
     p = _sanity_plan(arch, data, densities, recipe, variants, rewind_epoch, rr_seed, fraction, exclude)
     stats0, out = dict(STATS), _SanityRuns(data, load_dataset(data, "test"), seed)
-    chain = imp(p.arch, data, (1 - fraction)**(p.levels[-1] + 1), p.recipe, rewind=0, fraction=fraction, seed=seed,
-                exclude=exclude, keep_epochs=(p.t,), progress=progress)
-    theta_t, ones = chain.epoch_state(p.t), chain.mask(0)
-    unpruned = count_parameters(get_model(**p.arch)) - ones.size    # parameters no mask touches (biases, BatchNorm, excluded layers)
-    dense = chain.level(0)
+    chain = imp(**_sanity_chain(p, data, fraction, seed, exclude), progress=progress)
+    theta_t, unpruned, dense = chain.epoch_state(p.t), _unpruned(p, chain), chain.level(0)
     out.add("dense", 0, dense, chain.state(0), chain.runs[0].history, chain.runs[0].info["pre_acc"], p.recipe.epochs, "θ0")
     for r in tqdm(p.levels, desc="lottery sanity", unit="level", disable=not progress):
         _sanity_level(out, p, chain, r, dense, theta_t, unpruned)
     return LotterySanity(_sanity_table(out.rows, fraction), chain, p.t, out.weights, run_counts(stats0))
+
+SANITY_DEFAULTS = dict(variants=VARIANTS, rewind_epoch=None, rr_seed=None, fraction=0.2, seed=0, exclude=())
+
+def lottery_sanity_stack(calls: Sequence[Mapping], # one dict of `lottery_sanity`'s arguments per call (e.g. one per learning rate)
+                         stack: int | None = None, # runs per stack (default `runs.default_stack()`)
+                        ) -> list[LotterySanity]:
+    "Several `lottery_sanity` calls computed together: their LT-IMP chains as stacks (`imp_stack`), then every network they train, stacked (`finetune_all`)."
+    known = {"arch", "data", "densities", "recipe", *SANITY_DEFAULTS}
+    for k, c in enumerate(calls):
+        if set(c) - known or {"arch", "data", "densities", "recipe"} - set(c):
+            raise ValueError(f"calls[{k}]: give lottery_sanity's arguments ({', '.join(sorted(known))}); got {sorted(c)}")
+    a = [{**SANITY_DEFAULTS, **c} for c in calls]
+    if len({c["data"] for c in a}) > 1: raise ValueError(f"calls: one dataset for all (a stack shares it); got {sorted({c['data'] for c in a})}")
+    plans = [_sanity_plan(c["arch"], c["data"], c["densities"], c["recipe"], c["variants"], c["rewind_epoch"], c["rr_seed"],
+                          c["fraction"], c["exclude"]) for c in a]
+    size = stack or default_stack()
+    cs = [_sanity_chain(p, c["data"], c["fraction"], c["seed"], c["exclude"]) for p, c in zip(plans, a)]
+    chains = [ch for i in range(0, len(cs), size) for ch in imp_stack(cs[i:i + size], progress=False)]
+    jobs = [(ticket, recipe, c["seed"]) for p, c, ch in zip(plans, a, chains) for r in p.levels
+            for _, ticket, recipe, _, _ in _level_trainings(p, ch, r, ch.level(0), ch.epoch_state(p.t), _unpruned(p, ch))]
+    finetune_all(jobs, a[0]["data"], size)
+    return [lottery_sanity(**c, progress=False) for c in calls]

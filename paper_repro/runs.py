@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
+from contextlib import contextmanager
 import datetime as _dt
 import hashlib
 import importlib
@@ -38,10 +39,10 @@ from .train import dist_info
 
 # %% auto #0
 __all__ = ['ENGINE_VERSION', 'READERS', 'STATS', 'KIND', 'RUN_FOLDER', 'CHECKPOINT', 'MANIFEST', 'NOT_LISTED', 'HEARTBEAT',
-           'STALE_AFTER', 'LOCK_POLL', 'WAIT_REPORT', 'OPTIONS_ENV', 'jsonable', 'canonical', 'run_hash', 'Result',
-           'Run', 'run_counts', 'runs_root', 'CorruptRunWarning', 'write_manifest', 'verify_run', 'process_start',
-           'lock_record', 'lock_holder', 'cached_run', 'stack_checkpoint', 'cached_runs', 'executor_options',
-           'cpu_cores', 'Stackable', 'default_stack', 'stack_groups', 'sweep']
+           'STALE_AFTER', 'LOCK_POLL', 'WAIT_REPORT', 'OPTIONS_ENV', 'STACK_ENV', 'jsonable', 'canonical', 'run_hash',
+           'Result', 'Run', 'distinct_loads', 'run_counts', 'runs_root', 'CorruptRunWarning', 'write_manifest',
+           'verify_run', 'process_start', 'lock_record', 'lock_holder', 'cached_run', 'stack_checkpoint', 'cached_runs',
+           'executor_options', 'cpu_cores', 'Stackable', 'default_stack', 'stack_groups', 'sweep']
 
 # %% ../nbs/07_runs.ipynb #f59bcf1a
 ENGINE_VERSION = 1  # bump when masks/train/data change what a run computes: every cached run is then recomputed
@@ -112,6 +113,20 @@ class Run:
 
 # %% ../nbs/07_runs.ipynb #0576d6ac
 STATS: Counter = Counter()  # "hits", "misses" in this process
+_SEEN: list[set] = []       # inside `distinct_loads`: the runs counted there so far
+
+def _count(what: str, final: Path):
+    "Count a run loaded ('hits') or computed ('misses'); inside `distinct_loads`, a run already counted there is not loaded again."
+    if _SEEN and what == "hits" and final in _SEEN[-1]: return
+    if _SEEN: _SEEN[-1].add(final)
+    STATS[what] += 1
+
+@contextmanager
+def distinct_loads():
+    "Within this block a run is counted once: loading it again after it was loaded or computed adds nothing to `STATS`."
+    _SEEN.append(set())
+    try: yield
+    finally: _SEEN.pop()
 
 def run_counts(since: Mapping[str, int]) -> dict[str, int]:
     "Runs loaded and computed since `since`, a copy of `STATS` taken before (what a sweep reports as its cache use)."
@@ -401,7 +416,7 @@ def _follow(kind, key, config, fn, work, final) -> Run:
     work.mkdir(parents=True, exist_ok=True)
     fn(dict(config), work)
     while not (final/"done").exists(): time.sleep(0.1)
-    STATS["misses"] += 1
+    _count("misses", final)
     return Run(kind, key, final, cached=False)
 
 # %% ../nbs/07_runs.ipynb #c9eab270
@@ -413,7 +428,7 @@ def _finished(kind: str, key: str, final: Path) -> Run | None:
     "The finished run in `final`, loaded (a cache hit), if it is there and whole; a damaged one is removed (None)."
     if (final/"done").exists():
         if (problem := verify_run(final, kind, key)) is None:
-            STATS["hits"] += 1
+            _count("hits", final)
             return Run(kind, key, final, cached=True)
         _discard(final, problem)
     return None
@@ -444,7 +459,7 @@ def cached_run(kind: str, # what the run is: "gem_miner", "imp", ... (a folder-n
         if not (work/"done").exists(): _store(kind, key, config, version, fn, work)
         _finish(work, final, held)
     finally: held.release()
-    STATS["misses"] += 1
+    _count("misses", final)
     return Run(kind, key, final, cached=False)
 
 # %% ../nbs/07_runs.ipynb #04013bcc
@@ -488,7 +503,7 @@ def cached_runs(kind: str, # what the runs are (one kind)
             if (works[i]/"done").exists() and (problem := verify_run(works[i], kind, keys[i])): _discard(works[i], problem, locked=True)
         if todo := [i for i in held if not (works[i]/"done").exists()]: _compute_together(kind, keys, configs, version, fn, works, todo)
         for i, h in held.items():
-            _finish(works[i], finals[i], h); runs[i] = Run(kind, keys[i], finals[i], cached=False); STATS["misses"] += 1
+            _finish(works[i], finals[i], h); runs[i] = Run(kind, keys[i], finals[i], cached=False); _count("misses", finals[i])
     finally:
         for h in held.values(): h.release()
     alone = lambda c, w: fn([c], [w])[0]
@@ -611,8 +626,20 @@ class Stackable:
     key: Callable[[Any], Any]              # units with equal keys (not None) may be computed together
     def __call__(self, config): return self.one(config)
 
+@dataclass(frozen=True)
+class _Distinct:
+    "A `Stackable`'s `many`, counting each run once (`distinct_loads`): it trains the units' runs as stacks, then reads them."
+    many: Callable[[list], list]
+    def __call__(self, configs):
+        with distinct_loads(): return self.many(configs)
+
+STACK_ENV = "PAPER_REPRO_STACK"   # a positive integer: the default stack size (1: no stacks), e.g. to time a sweep without them
+
 def default_stack(device: str | torch.device | None = None) -> int:
-    "Units per stack a sweep uses by default: 8 on CPU, 16 on CUDA (see above)."
+    "Units per stack a sweep uses by default: $PAPER_REPRO_STACK if set, else 8 on CPU, 16 on CUDA (see above)."
+    if (v := os.environ.get(STACK_ENV)) is not None:
+        if not v.isdigit() or int(v) < 1: raise ValueError(f"{STACK_ENV}={v!r}: use a positive integer (1: no stacks)")
+        return int(v)
     return 16 if get_device(device).type == "cuda" else 8
 
 def _check_stack(stack) -> int | None:
@@ -657,7 +684,7 @@ def sweep(configs: Sequence[Any], # one per unit of work (picklable; usually a d
     if isinstance(fn, Stackable) and _check_stack(stack) != 1:
         groups = stack_groups(configs, fn.key, _check_stack(stack) or default_stack())
         if any(len(g) > 1 for g in groups):
-            done = sweep([[configs[i] for i in g] for g in groups], fn.many, executor, workers, threads, desc, progress, **opts)
+            done = sweep([[configs[i] for i in g] for g in groups], _Distinct(fn.many), executor, workers, threads, desc, progress, **opts)
             out = [None]*len(configs)
             for g, res in zip(groups, done):
                 for i, r in zip(g, res): out[i] = r

@@ -12,12 +12,13 @@ import pandas as pd
 import torch
 
 from .data import load_dataset
-from .imp import lottery_sanity, reinitialised
+from .imp import lottery_sanity, lottery_sanity_stack, reinitialised
 from .masks import Mask, keep_count, top_count
 from .models import as_generator
 from .core import check_finite, ExperimentSpec
 from . import runs
 from .runs import STATS, run_counts
+from .stack import stack_pays
 from .recipes import Recipe
 from .train import evaluate, last_value
 from .tickets import finetune, arch_for, Ticket
@@ -331,16 +332,29 @@ def _correlations(ls, name: str, lr: float, ps: Sequence[float]) -> list[dict]:
                  R_p=correlation_indicator(start, trained, p, mask))
             for (variant, level), (start, trained, mask) in ls.weights.items() for p in ps]
 
-def _lth_network(cfg: Mapping, name: str, lr: float, variants: Sequence[str], densities: str | Sequence[float]) -> tuple[pd.DataFrame, list[dict]]:
-    "`lottery_sanity` of one network at one learning rate: its table (with `network` and `lr`) and its R_p rows."
+def _lth_call(cfg: Mapping, name: str, lr: float, variants: Sequence[str], densities: str | Sequence[float]) -> dict:
+    "`lottery_sanity`'s arguments of one network at one learning rate."
     net = cfg["networks"][name]
     ds = net[densities] if isinstance(densities, str) else list(densities)
     arch = arch_for(cfg["data"], net["model"], seed=cfg["seed"], **net["options"])
-    ls = lottery_sanity(arch, cfg["data"], ds, Recipe(**net["recipe"]).replace(lr=lr), variants=variants, rewind_epoch=cfg["rewind_epoch"],
-                        rr_seed=cfg["rr_seed"], seed=cfg["seed"], exclude=net["exclude"], progress=False)
+    return dict(arch=arch, data=cfg["data"], densities=ds, recipe=Recipe(**net["recipe"]).replace(lr=lr), variants=list(variants),
+                rewind_epoch=cfg["rewind_epoch"], rr_seed=cfg["rr_seed"], seed=cfg["seed"], exclude=net["exclude"])
+
+def _lth_network(cfg: Mapping, name: str, lr: float, variants: Sequence[str], densities: str | Sequence[float]) -> tuple[pd.DataFrame, list[dict]]:
+    "`lottery_sanity` of one network at one learning rate: its table (with `network` and `lr`) and its R_p rows."
+    ls = lottery_sanity(**_lth_call(cfg, name, lr, variants, densities), progress=False)
     return ls.table.assign(network=name, lr=lr), _correlations(ls, name, lr, cfg["ps"])
 
-def _lth_unit(u: dict) -> tuple[pd.DataFrame, list[dict]]: return _lth_network(**u)
+def _lth_many(units: list[dict]) -> list[tuple[pd.DataFrame, list[dict]]]:
+    "Units of one network (learning rates differ) computed together (`lottery_sanity_stack`), then each one's tables from the cache."
+    lottery_sanity_stack([_lth_call(**u) for u in units])
+    return [_lth_network(**u) for u in units]
+
+def _lth_key(u: dict):
+    "Units that stack: one network, on a device where stacking it pays (`stack.stack_pays`)."
+    return u["name"] if stack_pays(u["cfg"]["networks"][u["name"]]["model"]) else None
+
+_lth_unit = runs.Stackable(lambda u: _lth_network(**u), _lth_many, _lth_key)
 
 # %% ../nbs/16_sanity.ipynb #f9a98933
 def _sweep_grid(cfg: Mapping, models, lrs, densities) -> list[tuple[str, float]]:
@@ -362,11 +376,12 @@ def lth_sweep(cfg: Mapping, # a filled `LTHSpec` (or a mapping with its knobs)
               executor: str = "serial", # where the runs are computed (`core.EXECUTORS`)
               workers: int | None = None, # parallel (network, learning rate) units (`runs.sweep`)
               progress: bool = True,
+              stack: int | None = None, # units (learning rates of one network) computed as stacks (default `runs.default_stack()`; 1: none)
              ) -> LTHSweep:
     "Run (or load) LT/RR × IMP/OMP, WR and SD for each network and learning rate of the preset; tables and R_p."
     grid, stats0 = _sweep_grid(cfg, models, lrs, densities), dict(STATS)
     units = [dict(cfg=cfg, name=n, lr=lr, variants=list(variants), densities=densities) for n, lr in grid]
-    done = runs.sweep(units, _lth_unit, executor, workers=workers, desc="lth sweep", progress=progress)   # in grid order
+    done = runs.sweep(units, _lth_unit, executor, workers=workers, desc="lth sweep", progress=progress, stack=stack)   # in grid order
     table = pd.concat([t for t, _ in done], ignore_index=True)
     table["method"], table["target"] = table.variant, table.nominal
     cols = ["network", "lr", "variant"] + [c for c in table.columns if c not in ("network", "lr", "variant")]

@@ -17,11 +17,12 @@ from .data import DataSplit, get_info
 from .masks import Mask, apply_mask
 from .models import get_model
 from .recipes import Recipe, as_recipe
-from .runs import Result, Run, cached_runs, canonical, jsonable, stack_checkpoint
+from .runs import Result, Run, cached_runs, canonical, default_stack, jsonable, stack_checkpoint
+from .stack import stack_pays
 from .train import fit, fit_stack
 
 # %% auto #0
-__all__ = ['arch_for', 'check_arch', 'Ticket', 'finetune_stack', 'finetune']
+__all__ = ['arch_for', 'check_arch', 'Ticket', 'finetune_stack', 'finetune', 'stack_group', 'finetune_all']
 
 # %% ../nbs/08_tickets.ipynb #f5d29599
 def arch_for(data: str, name: str, **options) -> dict:
@@ -119,3 +120,24 @@ def finetune(ticket: Ticket, # what to train
             ) -> tuple[nn.Module, pd.DataFrame]:
     "Train the ticket's weights under its fixed mask; return (trained network, history)."
     return finetune_stack([ticket], data, recipe, seed, cache, progress)[0]
+
+# %% ../nbs/08_tickets.ipynb #ad39c90e
+def stack_group(ticket: Ticket, recipe: Recipe) -> str:
+    "Finetunings that can share a stack: one architecture up to its seed and initialisation, one recipe up to its lr."
+    arch = {k: v for k, v in ticket.arch.items() if k not in ("seed", "init")}
+    return canonical(jsonable(dict(recipe=as_recipe(recipe).replace(lr=1.0).to_dict(), arch=arch)))
+
+def finetune_all(jobs: Sequence[tuple[Ticket, Recipe | str | Mapping, int]], # (ticket, recipe, seed) triples
+                 data: str | Mapping[str, DataSplit],
+                 stack: int | None = None, # finetunings per stack (default `runs.default_stack()`; 1: one at a time)
+                 cache: bool = True, progress: bool = False,
+                ) -> list[tuple[nn.Module, pd.DataFrame]]:
+    "Finetune every ticket, compatible ones as stacks (`finetune_stack`); the results in the order of `jobs`."
+    size, groups, out = stack or default_stack(), {}, [None]*len(jobs)
+    for i, (t, r, _) in enumerate(jobs):
+        groups.setdefault(stack_group(t, r) if stack_pays(t.arch["name"]) else f"alone-{i}", []).append(i)
+    for idx in groups.values():
+        for part in (idx[j:j + size] for j in range(0, len(idx), size)):
+            done = finetune_stack([jobs[i][0] for i in part], data, [as_recipe(jobs[i][1]) for i in part], [jobs[i][2] for i in part], cache, progress)
+            for i, d in zip(part, done): out[i] = d
+    return out
