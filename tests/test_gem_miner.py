@@ -165,11 +165,12 @@ def test_mining_time_inversion_keeps_the_lowest_scores_of_the_not_yet_frozen(mon
     return, and the final q is the last event's."""
     real, events = gem_miner_module.freeze, []
 
-    def spy(model, keep, invert=False):
+    def spy(model, keep, invert=False, member=None):
         layers = list(masked_layers(model).values())
         q = lambda: torch.cat([l.mask.detach().flatten() for l in layers]).bool()
         before, p = q(), torch.cat([l.scores.detach().flatten() for l in layers]).clone()
-        frozen = real(model, keep, invert=invert)
+        frozen = real(model, keep, invert=invert, member=member)
+        assert member is None                              # one run, not a stack
         events.append(dict(invert=invert, keep=keep, before=before, p=p, after=q(), frozen=frozen))
         return frozen
 
