@@ -15,18 +15,20 @@ from torch import nn
 from tqdm import tqdm
 
 from .core import check_finite, ExperimentSpec
-from .masks import Mask, weights_of, apply_mask, get_mask, keep_count, magnitude, plain_state
+from .masks import Mask, weights_of, apply_mask, get_mask, keep_count, magnitude, masked_layers, plain_state
 from .models import count_parameters, get_model, prunable_layers, prunable_weights
 from . import runs
-from .runs import STATS, Result, cached_run, run_counts, run_hash
+from .runs import STATS, Result, cached_runs, canonical, distinct_loads, jsonable, run_counts, run_hash, stack_checkpoint
 from .recipes import as_recipe, Recipe
-from .train import Callback, fit, fit_seconds, FitState, last_value
-from .tickets import check_arch, finetune, arch_for, Ticket
+from .stack import member_tensor, stack_pays
+from .train import Callback, fit, fit_seconds, fit_stack, FitState, last_value
+from .tickets import check_arch, finetune, finetune_all, arch_for, Ticket
 
 # %% auto #0
 __all__ = ['CACHE_VERSION', 'CONVENTIONS', 'VARIANTS', 'VARIANT_NAMES', 'ASNI_ROWS', 'check_asni', 'sigmoid_schedule',
            'pruning_plan', 'pruned_percent', 'asni_prune', 'ASNIPruning', 'centroids', 'centroid_init', 'table2_counts',
-           'ASNIResult', 'asni', 'ASNIVariants', 'asni_variants', 'ASNISpec', 'ASNISweep', 'asni_sweep', 'table2']
+           'ASNIResult', 'asni_stack', 'asni', 'ASNIVariants', 'asni_variants', 'ASNISpec', 'ASNISweep', 'asni_sweep',
+           'table2']
 
 # %% ../nbs/18_asni.ipynb #2ff73a20
 CACHE_VERSION = 1  # bump when asni() changes what a configuration computes
@@ -84,29 +86,42 @@ def pruned_percent(mask: Mask) -> float:
     return 100*(1 - mask.density)
 
 # %% ../nbs/18_asni.ipynb #36db99a7
+def _member_masks(model: nn.Module, member: tuple[int, int]) -> tuple[dict, dict]:
+    "Run k's blocks of a stack's masked layers (member=(k, K)): mask buffers and weights, by layer name (views)."
+    layers = masked_layers(model)
+    return ({n: member_tensor(l.mask, *member) for n, l in layers.items()}, {n: member_tensor(l.weight, *member) for n, l in layers.items()})
+
 def asni_prune(model: nn.Module, # a model whose prunable layers carry fixed masks (`apply_mask`)
                percent: float, # the percentage of all its masked weights pruned afterwards, in [0, 100)
+               member: tuple[int, int] | None = None, # (k, K): prune run k of a stack (`05b_stack`), on its blocks only
               ) -> Mask:
     "Global magnitude pruning among the surviving weights to exactly `percent`% pruned; the new mask is set in place and returned."
     if not (_finite(percent) and 0 <= percent < 100): raise ValueError(f"percent={percent!r}: use a percentage in [0, 100)")
-    check_finite(prunable_weights(model), "model")   # once per prune (an epoch), never per step
-    mask = get_mask(model)
+    if member is not None: bufs, weights = _member_masks(model, member)
+    else: bufs, weights = None, prunable_weights(model)
+    check_finite(weights, "model")   # once per prune (an epoch), never per step
+    mask = get_mask(model) if member is None else Mask({n: b.bool() for n, b in bufs.items()})
     keep = keep_count(mask.size, 1 - percent/100)
     if keep > mask.nonzeros:
         raise ValueError(f"percent={percent:g} keeps {keep} weights but only {mask.nonzeros} survive: pruning never revives a weight")
     if keep == mask.nonzeros: return mask
-    new = magnitude(mask, model, density=keep/mask.size)
-    apply_mask(model, new)
+    new = magnitude(mask, model if member is None else weights, density=keep/mask.size)
+    if member is None: apply_mask(model, new)
+    else:
+        with torch.no_grad():
+            for n, b in bufs.items(): b.copy_(new[n]); weights[n].mul_(new[n])   # the run's mask, and its pruned weights 0
     return new
 
 # %% ../nbs/18_asni.ipynb #bdccb760
 class ASNIPruning(Callback):
     "Algorithm 1, lines 5–9, as a `fit` callback: after epoch e's training, prune to plan[e − 1] percent."
-    def __init__(self, plan: Sequence[float]): self.plan = list(plan)
+    def __init__(self, plan: Sequence[float], member: tuple[int, int] | None = None): # member=(k, K): run k of a stack
+        self.plan, self.member = list(plan), member
     def on_epoch_trained(self, s: FitState):
         p = self.plan[s.epoch - 1]
-        asni_prune(s.model, p)
-        s.log("scheduled", p)
+        asni_prune(s.model, p, member=self.member)
+        if self.member is None: s.log("scheduled", p)
+        else: s.log("scheduled", p, member=self.member[0])
 
 # %% ../nbs/18_asni.ipynb #737bb3ee
 def centroids(model: nn.Module, # a (masked) model: its effective prunable weights are read
@@ -171,16 +186,25 @@ def table2_counts(net: nn.Module) -> dict:
     return dict(params=params, nonzeros=nz, sparsity=100*(1 - nz/params))
 
 # %% ../nbs/18_asni.ipynb #4661e858
+def _asni_train(runs_: Sequence[dict], workdirs, progress: bool) -> list[Result]:
+    "ASNI runs from θ⁰ (each a dict arch, data, recipe, plan, seed, exclude): one by `fit`, several as one stack, each with its own pruning."
+    nets = [get_model(**r["arch"]) for r in runs_]
+    inits, masks, K = [plain_state(n) for n in nets], [Mask.ones(n, r["exclude"]) for n, r in zip(nets, runs_)], len(runs_)
+    if K == 1:
+        r = runs_[0]
+        hists = [fit(nets[0], r["data"], r["recipe"], mask=masks[0], callbacks=[ASNIPruning(r["plan"])], seed=r["seed"], progress=progress,
+                     checkpoint=None if workdirs[0] is None else workdirs[0]/"checkpoint.pt")]
+    else:
+        hists = fit_stack(nets, runs_[0]["data"], [r["recipe"] for r in runs_], masks=masks, seeds=[r["seed"] for r in runs_],
+                          callbacks=[ASNIPruning(r["plan"], member=(k, K)) for k, r in enumerate(runs_)], progress=progress,
+                          checkpoint=None if workdirs[0] is None else stack_checkpoint(workdirs))
+    return [Result(h, dict(mask=get_mask(n).state_dict(), weights=plain_state(n), init=i),
+                   dict(model=r["arch"], centroids=centroids(n).to_dict("list"), plan=r["plan"])) for n, h, i, r in zip(nets, hists, inits, runs_)]
+
 def _asni_runner(arch: dict, data, recipe: Recipe, plan: list, seed: int, exclude: Sequence[str], progress: bool):
     "The run function `cached_run` calls for `asni`: Algorithm 1 from θ⁰, storing the mask, θ̂*, θ⁰, the centroids and the plan."
-    def run(config=None, workdir=None):
-        net = get_model(**arch)
-        init = plain_state(net)
-        hist = fit(net, data, recipe, mask=Mask.ones(net, exclude), callbacks=[ASNIPruning(plan)], seed=seed, progress=progress,
-                   checkpoint=None if workdir is None else workdir/"checkpoint.pt")
-        return Result(hist, dict(mask=get_mask(net).state_dict(), weights=plain_state(net), init=init),
-                      dict(model=arch, centroids=centroids(net).to_dict("list"), plan=plan))
-    return run
+    one = dict(arch=arch, data=data, recipe=recipe, plan=plan, seed=seed, exclude=exclude)
+    return lambda config=None, workdir=None: _asni_train([one], [workdir], progress)[0]
 
 # %% ../nbs/18_asni.ipynb #a28c57d0
 @dataclass
@@ -225,6 +249,34 @@ class ASNIResult:
         return self.ticket.replace("original", weights=self.init, history=pd.DataFrame())
 
 # %% ../nbs/18_asni.ipynb #a38e34ce
+def _asni_run(arch, data, alpha, beta, gamma, recipe, seed=0, convention="paper", exclude=()) -> tuple[dict, dict]:
+    "One `asni` call checked: what `_asni_train` needs, and the run's configuration (its cache key)."
+    arch, recipe = check_arch(arch), as_recipe(recipe)
+    plan = pruning_plan(recipe.epochs, alpha, beta, gamma, convention)
+    config = dict(model=arch, data=data, alpha=alpha, beta=beta, gamma=gamma, recipe=recipe, seed=seed,
+                  convention=convention, exclude=list(exclude))
+    return dict(arch=arch, data=data, recipe=recipe, plan=plan, seed=seed, exclude=exclude), config
+
+def _asni_result(config: dict, t: dict, info: dict, hist: pd.DataFrame, key: str | None, cached: bool) -> ASNIResult:
+    ticket = Ticket(Mask(t["mask"]), t["weights"], config["model"], hist,
+                    dict(alpha=config["alpha"], beta=config["beta"], gamma=config["gamma"], convention=config["convention"]), key)
+    return ASNIResult(ticket, t["init"], pd.DataFrame(info["centroids"]), list(info["plan"]), cached)
+
+def asni_stack(calls: Sequence[Mapping], # one dict of `asni`'s arguments per run (seeds, α, β, γ, learning rates may differ)
+               cache: bool = True, progress: bool = True,
+              ) -> list[ASNIResult]:
+    "Several ASNI runs of one architecture trained as one stack (`fit_stack`), each pruned on its own; each the run `asni` makes."
+    made = []
+    for k, c in enumerate(calls):
+        try: made.append(_asni_run(**c))
+        except TypeError as e: raise ValueError(f"calls[{k}]: {e} (give asni's arguments; cache and progress are asni_stack's)") from None
+    todo, configs = [m for m, _ in made], [c for _, c in made]
+    if not (cache and all(isinstance(c["data"], str) for c in configs)):
+        return [_asni_result(c, o.tensors, o.info, o.history, None, False) for c, o in zip(configs, _asni_train(todo, [None]*len(todo), progress))]
+    who = {canonical(jsonable(c)): i for i, c in enumerate(configs)}
+    def train(cfgs, works): return _asni_train([todo[who[canonical(c)]] for c in cfgs], works, progress)
+    return [_asni_result(c, r.tensors, r.info, r.history, f"{r.kind}-{r.key}", r.cached) for c, r in zip(configs, cached_runs("asni", configs, train))]
+
 def asni(arch: Mapping, # get_model arguments (arch_for) with an integer seed: θ⁰
          data: str | Mapping, # a dataset name (cacheable) or splits
          alpha: float, # the pruned percentage the sigmoid rises to, in (0, 100)
@@ -238,18 +290,8 @@ def asni(arch: Mapping, # get_model arguments (arch_for) with an integer seed: �
          progress: bool = True,
         ) -> ASNIResult:
     "Algorithm 1: train by `recipe`, pruning globally by magnitude after every epoch along the sigmoid; centroids of the result."
-    arch, recipe = check_arch(arch), as_recipe(recipe)
-    plan = pruning_plan(recipe.epochs, alpha, beta, gamma, convention)
-    config = dict(model=arch, data=data, alpha=alpha, beta=beta, gamma=gamma, recipe=recipe, seed=seed,
-                  convention=convention, exclude=list(exclude))
-    run = _asni_runner(arch, data, recipe, plan, seed, exclude, progress)
-    if cache and isinstance(data, str):
-        r = cached_run("asni", config, run)
-        t, info, hist, key, cached = r.tensors, r.info, r.history, f"{r.kind}-{r.key}", r.cached
-    else:
-        out = run(); t, info, hist, key, cached = out.tensors, out.info, out.history, None, False
-    ticket = Ticket(Mask(t["mask"]), t["weights"], arch, hist, dict(alpha=alpha, beta=beta, gamma=gamma, convention=convention), key)
-    return ASNIResult(ticket, t["init"], pd.DataFrame(info["centroids"]), list(info["plan"]), cached)
+    return asni_stack([dict(arch=arch, data=data, alpha=alpha, beta=beta, gamma=gamma, recipe=recipe, seed=seed, convention=convention,
+                            exclude=exclude)], cache, progress)[0]
 
 # %% ../nbs/18_asni.ipynb #e445f3d6
 VARIANTS = ("D", "A", "C", "S")
@@ -281,10 +323,14 @@ def _check_variants(variants) -> list[str]:
     return variants
 
 # %% ../nbs/18_asni.ipynb #0e1f66de
+def _variant_ticket(res: ASNIResult, v: str) -> Ticket:
+    "The ticket variant D, C or S trains, from the ASNI run `res`."
+    return {"D": res.dense_ticket, "C": res.centroid_ticket, "S": res.original_ticket}[v]()
+
 def _variant_run(res: ASNIResult, v: str, data, recipe: Recipe, seed: int, cache: bool) -> tuple:
     "Variant `v`'s trained network, its history and its run's key: A is `res` itself; D, C and S are finetuned by `recipe`."
     if v == "A": return res.network(), res.history, res.ticket.key
-    ticket = {"D": res.dense_ticket, "C": res.centroid_ticket, "S": res.original_ticket}[v]()
+    ticket = _variant_ticket(res, v)
     net, hist = finetune(ticket, data, recipe, seed=seed, cache=cache, progress=False)
     return net, hist, ticket.key
 
@@ -306,6 +352,7 @@ def asni_variants(arch: Mapping, # get_model arguments (arch_for); its seed is s
                   exclude: Sequence[str] = (),
                   cache: bool = True,
                   progress: bool = True,
+                  stack: bool = True, # several seeds: their runs as stacks (`asni_stack`, `tickets.finetune_all`) where that pays
                  ) -> ASNIVariants:
     "Table 2's four variants for each seed, each a cached run."
     variants, recipe = _check_variants(variants), as_recipe(recipe)
@@ -313,6 +360,10 @@ def asni_variants(arch: Mapping, # get_model arguments (arch_for); its seed is s
     check_asni(alpha, beta, gamma)
     seeds = _check_seeds(seeds)
     stats0, rows, curves, results, trained = dict(STATS), [], [], {}, {}
+    if stack and cache and isinstance(data, str) and len(seeds) > 1 and stack_pays(arch["name"]):   # the seeds' runs as stacks first
+        with distinct_loads(): out = _stacked_variants(arch, data, alpha, beta, gamma, recipe, seeds, variants, retrain, convention, exclude, progress)
+        out.cache = run_counts(stats0)
+        return out
     bar = tqdm([(s, v) for s in seeds for v in variants], desc="asni variants", unit="run", disable=not progress)
     for s, v in bar:
         bar.set_postfix_str(f"seed {s} {v}")
@@ -324,6 +375,16 @@ def asni_variants(arch: Mapping, # get_model arguments (arch_for); its seed is s
         rows.append(_variant_row(v, s, net, hist, key)); curves.append(hist.assign(variant=v, seed=s))
     curves = pd.concat(curves, ignore_index=True)[["variant", "seed", "epoch", "split", "metric", "value", "density", "lr"]]
     return ASNIVariants(pd.DataFrame(rows), curves, results, trained, run_counts(stats0))
+
+# %% ../nbs/18_asni.ipynb #85700c37
+def _stacked_variants(arch, data, alpha, beta, gamma, recipe, seeds, variants, retrain, convention, exclude, progress) -> ASNIVariants:
+    "`asni_variants` with the seeds stacked: their ASNI runs as one stack (`asni_stack`), their D, C, S finetunings as stacks (`finetune_all`), then the table from the cache."
+    calls = [dict(arch=dict(arch, seed=s), data=data, alpha=alpha, beta=beta, gamma=gamma, recipe=recipe, seed=s, convention=convention,
+                  exclude=exclude) for s in seeds]
+    results = asni_stack(calls, progress=False)
+    finetune_all([(_variant_ticket(res, v), recipe if v == "D" else retrain, s) for s, res in zip(seeds, results) for v in variants if v != "A"], data)
+    return asni_variants(arch, data, alpha, beta, gamma, recipe, seeds=seeds, variants=variants, retrain=retrain, convention=convention,
+                         exclude=exclude, cache=True, progress=progress, stack=False)
 
 # %% ../nbs/18_asni.ipynb #ce45bf5b
 def _adam(epochs: int, lr: float, batch_size: int = 60, **aug) -> dict:
@@ -436,7 +497,17 @@ def _asni_row(cfg: Mapping, name: str, seeds: Sequence[int], variants: Sequence[
     return asni_variants(arch_for(r["data"], r["model"], **r["options"]), r["data"], r["alpha"], r["beta"], r["gamma"], r["recipe"],
                          seeds=seeds, variants=variants, retrain=r["retrain"], convention=cfg["convention"], progress=progress)
 
-def _asni_unit(u: dict) -> ASNIVariants: return _asni_row(**u)
+def _asni_many(units: list[dict]) -> list[ASNIVariants]:
+    "Units of one row (seeds differ): `asni_variants` over all their seeds, stacked, then split back into one part per unit."
+    u0 = units[0]
+    both = _asni_row(u0["cfg"], u0["name"], [s for u in units for s in u["seeds"]], u0["variants"])
+    parts = [ASNIVariants(both.table[both.table.seed.isin(u["seeds"])].reset_index(drop=True),
+                          both.curves[both.curves.seed.isin(u["seeds"])].reset_index(drop=True),
+                          {s: both.results[s] for s in u["seeds"]}, {k: w for k, w in both.trained.items() if k[1] in u["seeds"]}) for u in units]
+    parts[0].cache = dict(both.cache); [p.cache.update(loaded=0, computed=0) for p in parts[1:]]   # the row's cache use, counted once
+    return parts
+
+_asni_unit = runs.Stackable(lambda u: _asni_row(**u), _asni_many, lambda u: (u["name"], tuple(u["variants"])))
 
 # %% ../nbs/18_asni.ipynb #3bff3811
 def _join_variants(parts: Sequence[ASNIVariants]) -> ASNIVariants:
@@ -461,13 +532,14 @@ def asni_sweep(cfg: Mapping, # a filled ASNI spec (`ASNISpec.fill`)
                executor: str = "serial", # where the runs are computed (`core.EXECUTORS`)
                workers: int | None = None, # parallel (row, seed) units (`runs.sweep`)
                progress: bool = True,
+               stack: int | None = None, # units (seeds of one row) computed together as stacks (default `runs.default_stack()`; 1: none)
               ) -> ASNISweep:
     "D, A, C and S for each row and seed of the preset (cached runs)."
     names = _sweep_rows(cfg, rows)
     seeds = cfg["seeds"] if seeds is None else list(seeds)
     stats0, grid = dict(STATS), [(n, s) for n in names for s in seeds]
     units = runs.sweep([dict(cfg=cfg, name=n, seeds=[s], variants=list(variants)) for n, s in grid], _asni_unit, executor,
-                       workers=workers, desc="asni sweep", progress=progress)
+                       workers=workers, desc="asni sweep", progress=progress, stack=stack)
     out = {n: _join_variants([vs for (m, _), vs in zip(grid, units) if m == n]) for n in names}
     table = pd.concat([vs.table.assign(row=n) for n, vs in out.items()], ignore_index=True)
     table["method"] = table.variant
