@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import pandas as pd
 import torch
@@ -14,13 +14,13 @@ from torch import nn
 
 from .masks import check_density, get_mask, masked_layers, plain_state, to_masked
 from .models import get_model
-from .runs import CHECKPOINT, cached_run
+from .runs import CHECKPOINT, cached_runs, canonical, jsonable, stack_checkpoint
 from .recipes import as_recipe, Recipe, RECIPES
-from .train import fit, last_value
+from .train import fit, fit_stack, last_value
 from .tickets import check_arch, Ticket
 
 # %% auto #0
-__all__ = ['CACHE_VERSION', 'SCORE_INITS', 'edge_popup']
+__all__ = ['CACHE_VERSION', 'SCORE_INITS', 'edge_popup_stack', 'edge_popup']
 
 # %% ../nbs/11_edge_popup.ipynb #0efa749f
 CACHE_VERSION = 1  # bump when edge_popup changes what a run computes
@@ -45,6 +45,43 @@ def _searched_ticket(net: nn.Module, arch: Mapping, density: float, hist: pd.Dat
     return Ticket(mask, plain_state(net), arch, hist, info, extras=dict(scores=scores))
 
 # %% ../nbs/11_edge_popup.ipynb #f7958592
+def _popup(arch, data, density, recipe="ep-cpu", scores="kaiming_uniform", seed=0) -> tuple[dict, dict]:
+    "One `edge_popup` call checked: what the search needs (the scored network built), and its configuration (the cache key)."
+    density = check_density(density)
+    if not isinstance(arch, Mapping): check_arch(arch)           # the error for a non-dict
+    if scores not in SCORE_INITS: raise ValueError(f"scores={scores!r}: use one of {', '.join(map(repr, SCORE_INITS))}")
+    recipe = _score_recipe(recipe)
+    arch = check_arch({"init": "signed_constant", "seed": seed, **arch})
+    net = to_masked(get_model(**arch), rule="topk", density=density, scores=scores, seed=seed)  # checks every layer keeps ≥ 1
+    return (dict(arch=arch, data=data, density=density, recipe=recipe, scores=scores, seed=seed, net=net),
+            dict(model=arch, data=data, density=density, recipe=recipe, scores=scores, seed=seed))
+
+def _search(ps: Sequence[dict], workdirs, progress: bool) -> list[Ticket]:
+    "Edge-Popup searches: one by `fit`, several as one stack (each its own top-k per layer, scores, seed, density)."
+    nets = [p["net"] for p in ps]
+    if len(ps) == 1:
+        p = ps[0]
+        hists = [fit(nets[0], p["data"], p["recipe"], seed=p["seed"], progress=progress,
+                     checkpoint=None if workdirs[0] is None else workdirs[0]/CHECKPOINT)]
+    else:
+        hists = fit_stack(nets, ps[0]["data"], [p["recipe"] for p in ps], seeds=[p["seed"] for p in ps], progress=progress,
+                          checkpoint=None if workdirs[0] is None else stack_checkpoint(workdirs))
+    return [_searched_ticket(n, p["arch"], p["density"], h) for n, p, h in zip(nets, ps, hists)]
+
+def edge_popup_stack(calls: Sequence[Mapping], # one dict of `edge_popup`'s arguments per run
+                     cache: bool = True, progress: bool = True,
+                    ) -> list[Ticket]:
+    "Several Edge-Popup searches of one architecture (seeds, densities, learning rates) as one stack; each the run `edge_popup` makes."
+    made = []
+    for k, c in enumerate(calls):
+        try: made.append(_popup(**c))
+        except TypeError as e: raise ValueError(f"calls[{k}]: {e} (give edge_popup's arguments; cache and progress are edge_popup_stack's)") from None
+    ps, configs = [p for p, _ in made], [c for _, c in made]
+    if not (cache and all(isinstance(p["data"], str) for p in ps)): return _search(ps, [None]*len(ps), progress)
+    who = {canonical(jsonable(c)): i for i, c in enumerate(configs)}
+    def run(cfgs, works): return [t.to_result() for t in _search([ps[who[canonical(c)]] for c in cfgs], works, progress)]
+    return [Ticket.from_run(r) for r in cached_runs("edge_popup", configs, run)]
+
 def edge_popup(arch: Mapping, # get_model arguments (e.g. `arch_for(data, name, ...)`); init defaults to "signed_constant"
                data: str | Mapping, # a dataset name (cacheable) or a dict of splits with "train"
                density: float, # the kept fraction of every prunable layer, in (0, 1]
@@ -55,17 +92,4 @@ def edge_popup(arch: Mapping, # get_model arguments (e.g. `arch_for(data, name, 
                progress: bool = True, # a progress bar over the iterations
               ) -> Ticket:
     "Edge-Popup: learn per-layer top-k masks over frozen random weights; return the ticket (mask, initial weights, history)."
-    density = check_density(density)
-    if not isinstance(arch, Mapping): check_arch(arch)           # the error for a non-dict
-    if scores not in SCORE_INITS: raise ValueError(f"scores={scores!r}: use one of {', '.join(map(repr, SCORE_INITS))}")
-    recipe = _score_recipe(recipe)
-    arch = check_arch({"init": "signed_constant", "seed": seed, **arch})
-    net = to_masked(get_model(**arch), rule="topk", density=density, scores=scores, seed=seed)  # checks every layer keeps ≥ 1
-
-    def search(config=None, workdir: Path | None = None) -> Ticket:
-        hist = fit(net, data, recipe, seed=seed, progress=progress, checkpoint=None if workdir is None else workdir/CHECKPOINT)
-        return _searched_ticket(net, arch, density, hist)
-
-    if not (cache and isinstance(data, str)): return search()
-    config = dict(model=arch, data=data, density=density, recipe=recipe, scores=scores, seed=seed)
-    return Ticket.from_run(cached_run("edge_popup", config, lambda c, w: search(c, w).to_result()))
+    return edge_popup_stack([dict(arch=arch, data=data, density=density, recipe=recipe, scores=scores, seed=seed)], cache, progress)[0]

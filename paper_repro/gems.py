@@ -17,7 +17,7 @@ from tqdm import tqdm
 from .baselines import smart_ratio_ticket
 from .core import ExperimentSpec, PRESETS, claim
 from .data import load_dataset
-from .edge_popup import edge_popup
+from .edge_popup import edge_popup, edge_popup_stack
 from .gem_miner import GEMS_OPTIONS, gem_miner, gem_miner_stack
 from .imp import imp, imp_stack, round_recipe
 from .masks import check_density, Mask
@@ -301,9 +301,13 @@ def _dense(p: _Point):
     p.curve(h0, "dense", "dense", target=1.0)
 
 # %% ../nbs/17_gems.ipynb #8fead488
+def _ep_call(p: _Point) -> dict:
+    "`edge_popup`'s arguments at a point: the target density in every layer."
+    return dict(arch=p.arch, data=p.data, density=p.target, recipe=p.net["ep"]["recipe"], seed=p.seed)
+
 def _ep_ticket(p: _Point) -> Ticket:
     "Edge-Popup's ticket at the target density in every layer."
-    return edge_popup(p.arch, p.data, p.target, p.net["ep"]["recipe"], seed=p.seed, progress=False)
+    return edge_popup(**_ep_call(p), progress=False)
 
 def _ep(p: _Point):
     "Edge-Popup at the target density in every layer, then finetuned."
@@ -389,6 +393,7 @@ def _train_stacked(units: list[dict], size: int):
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "layer collapse")
         for part in _chunks(mining, size): gem_miner_stack(part, progress=False)
+    for part in _chunks([_ep_call(p) for u, p in points if "EP" in u["methods"]], size): edge_popup_stack(part, progress=False)
     for m in sorted({m for u in units for m in u["methods"] if m.startswith("IMP")}):
         for part in _chunks([_imp_call(p, m) for u, p in points if m in u["methods"]], size): imp_stack(part, progress=False)
     finetune_all([(t, r, p.seed) for u, p in points for t, r in _finetunings(u, p)], units[0]["data"], size)

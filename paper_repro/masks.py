@@ -236,6 +236,11 @@ class _STE(torch.autograd.Function):
     def forward(ctx, scores, rule: str, k: int):
         if rule == "round": return (scores > 0.5).to(scores.dtype)
         ctx.save_for_backward(scores)
+        if isinstance(k, tuple):                 # a stack's K members (`05b_stack`): block i of dim 0 keeps its own top k[i]
+            rows = scores.detach().abs().reshape(len(k), -1)
+            out = torch.zeros_like(rows)
+            for i, ki in enumerate(k): out[i].scatter_(0, torch.topk(rows[i], ki, sorted=False).indices, 1.0)
+            return out.view_as(scores)
         flat = scores.detach().abs().flatten()   # topk: exactly k kept, no full sort, no host sync on CUDA
         return torch.zeros_like(flat).scatter_(0, torch.topk(flat, k, sorted=False).indices, 1.0).view_as(scores)
     @staticmethod

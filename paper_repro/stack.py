@@ -91,8 +91,7 @@ def _stack_masking(new: nn.Module, layers: list, name: str, K: int):
     l0 = layers[0]
     rules = {l.rule for l in layers}
     if len(rules) > 1: raise ValueError(f"{name}: the members' mask rules differ: {sorted(rules)}")
-    if l0.rule == "topk": raise ValueError(f"{name}: rule='topk' keeps the top entries of a whole tensor, which a stack would "
-                                           "rank across members; train Edge-Popup runs one at a time")
+    if l0.rule == "topk": new.keep = tuple(l.keep for l in layers)   # each member its own top-k of its own block (`masks._STE`)
     conv = isinstance(l0, nn.Conv2d)
     new.__class__ = (MaskedConv2d if l0.rule == "fixed" else ScoredConv2d) if conv else \
                     (StackedMaskedLinear if l0.rule == "fixed" else StackedScoredLinear)
