@@ -20,8 +20,12 @@ What it measures
     interleaved (``paper_repro.core.interleaved``, one warm-up round, then ``--repeats`` rounds) and compared by
     their best time. Torch uses ``--threads`` CPU threads (default 2, this machine's cores).
 
+    With ``--ceiling`` it first times the matmuls of LeNet-300-100 alone (forward and backward, no optimizer, data or
+    evaluation), K stacked as batched matmuls against K single passes: the most any stack of this network can gain
+    on this machine.
+
 How to run
-    .venv/bin/python bench/stacked.py [--repeats 3] [--threads 2] [--ks 2,4,8,16] [--quick]
+    .venv/bin/python bench/stacked.py [--repeats 3] [--threads 2] [--ks 2,4,8,16] [--quick] [--ceiling]
 
 How to read it
     One row per (network, K): best seconds of each way, runs per second of each, and the speed-up
@@ -90,6 +94,26 @@ def check(name, data, recipe):
     print(f"check {name}: after one step, stacked run 0 vs its sequential run, weights max|Δ| = {gap:.1e}", flush=True)
     if not gap <= 1e-4: sys.exit(f"check failed: {name} stacked and sequential runs differ by {gap}")
 
+def matmul_ceiling(ks, repeats, steps=50):
+    "The most a stack can gain for LeNet-300-100 at batch 60: its matmuls' forward and backward alone, K stacked (bmm) vs K single."
+    dims, B, rows = [784, 300, 100, 10], 60, []
+    def passes(K, stacked):
+        ws = [torch.randn(*((K,) if stacked else ()), i, o, requires_grad=True) for i, o in zip(dims, dims[1:])]
+        x = torch.randn(*((K,) if stacked else ()), B, 784)
+        def run():
+            for _ in range(steps if stacked else steps*K):
+                h = x
+                for j, w in enumerate(ws): h = (torch.bmm(h, w) if stacked else h @ w); h = h.relu() if j < 2 else h
+                h.sum().backward()
+        return run
+    for K in ks:
+        t = interleaved({"sequential": passes(K, False), "stacked": passes(K, True)}, repeats=repeats, warmup=1)
+        s = timing_summary(t, baseline="sequential")
+        rows.append(dict(K=K, sequential_s=s.loc["sequential", "best"], stacked_s=s.loc["stacked", "best"],
+                         speedup=s.loc["stacked", "speedup_vs_sequential"]))
+    print("matmul ceiling (LeNet-300-100, batch 60, forward + backward of the three matmuls only):")
+    print(pd.DataFrame(rows).round(4).to_string(index=False), flush=True)
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=3)
@@ -97,11 +121,13 @@ def main():
     ap.add_argument("--ks", default="2,4,8,16")
     ap.add_argument("--networks", default=",".join(SETTINGS))
     ap.add_argument("--quick", action="store_true", help="one repeat, K = 2 and 8 (a smoke run)")
+    ap.add_argument("--ceiling", action="store_true", help="first, the matmuls alone: the most stacking LeNet-300-100 can gain")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     ks = [2, 8] if a.quick else [int(k) for k in a.ks.split(",")]
     repeats = 1 if a.quick else a.repeats
     warnings.filterwarnings("ignore", message=".*num_batches_tracked.*")
+    if a.ceiling: matmul_ceiling(ks, repeats)
     rows = []
     for name in a.networks.split(","):
         data, batch, steps, *_ = SETTINGS[name]
