@@ -5,6 +5,7 @@
 # %% ../nbs/01_data.ipynb #41463380
 from __future__ import annotations
 
+import copy
 import gzip
 import math
 import os
@@ -26,7 +27,7 @@ from .core import DATA_ENV, data_dir, get_device
 # %% auto #0
 __all__ = ['DATASETS', 'SPLITS', 'DatasetInfo', 'register_dataset', 'get_info', 'read_idx', 'load_pickle', 'DataNotFoundError',
            'dataset_locations', 'find_dataset', 'ensure_dataset', 'stratified_split', 'DataSplit', 'load_dataset',
-           'crop_flip', 'TensorLoader']
+           'crop_flip', 'TensorLoader', 'reseeded', 'stacked_batches']
 
 # %% ../nbs/01_data.ipynb #34d8a98a
 @dataclass(frozen=True)
@@ -632,16 +633,17 @@ def plan(self: TensorLoader, epoch: int) -> dict[str, torch.Tensor | None]:
 
 # %% ../nbs/01_data.ipynb #77ff82e6
 @patch
-def _batch(self: TensorLoader, p: dict, sl: slice) -> tuple[torch.Tensor, torch.Tensor]:
+def _batch(self: TensorLoader, p: dict, sl: slice, channels_last: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     "The images (cropped and flipped as planned) and labels at positions `sl` of an epoch's plan `p` (on the device)."
+    cl = self.channels_last if channels_last is None else channels_last
     idx = p["order"][sl]
     if self.crop or self.flip:
         top, left, flip = (None if p[k] is None else p[k][sl] for k in ("top", "left", "flip"))
         xb = crop_flip(self.x, top, left, flip, self.size, index=idx)
-        xb = xb if self.channels_last else xb.contiguous()
+        xb = xb if cl else xb.contiguous()
     else:
         xb = self.x[idx]
-        if self.channels_last: xb = xb.contiguous(memory_format=torch.channels_last)
+        if cl: xb = xb.contiguous(memory_format=torch.channels_last)
     return xb, self.y[idx]
 
 @patch
@@ -650,3 +652,26 @@ def __iter__(self: TensorLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     self.epoch += 1
     n, b = len(self.y), self.batch_size
     for i in range(len(self)): yield self._batch(p, slice(i*b, min((i + 1)*b, n)))
+
+# %% ../nbs/01_data.ipynb #934f32cc
+def reseeded(loader: TensorLoader, seed: int) -> TensorLoader:
+    "`loader` with another seed (its own order, crops and flips), sharing its resident images; at epoch 0."
+    other = copy.copy(loader); other.seed, other.epoch = int(seed), 0
+    return other
+
+def stacked_batches(loaders: Sequence[TensorLoader]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    "One epoch of K loaders over the same images (`reseeded`) as one: per step, images B×(K·C)×H×W (run k's in channels k·C…) and labels B×K."
+    l0, K = loaders[0], len(loaders)
+    same = lambda ld: (ld.batch_size, ld.crop, ld.flip, ld.shuffle, ld.drop_last, ld.device, ld.dtype)
+    for i, ld in enumerate(loaders[1:], 1):
+        if ld.x is not l0.x or same(ld) != same(l0):
+            raise ValueError(f"stacked_batches: loader {i} does not share loader 0's images and settings (batch size, crop, flip, "
+                             "shuffle, drop_last, device, dtype); make the others with reseeded(loader, seed)")
+    plans = [ld.plan(ld.epoch) for ld in loaders]
+    for ld in loaders: ld.epoch += 1
+    p = {k: None if plans[0][k] is None else torch.stack([q[k] for q in plans], 1).flatten().to(l0.device) for k in plans[0]}
+    n, b = len(l0.y), l0.batch_size
+    for i in range(len(l0)):
+        lo, hi = i*b, min((i + 1)*b, n)
+        xb, yb = l0._batch(p, slice(lo*K, hi*K), channels_last=False)    # the stack converts its input itself
+        yield xb.reshape(hi - lo, -1, *xb.shape[2:]), yb.view(hi - lo, K)

@@ -67,10 +67,10 @@ class _Masked(torch.optim.Optimizer):
         return loss
 
     def _grads(self, group):
-        "The gradients with weight decay, times their masks: nothing of a pruned entry reaches the state."
+        "The gradients with weight decay, times their masks: nothing of a pruned entry reaches the state (in place, in `p.grad`)."
         params = [p for p in group["params"] if p.grad is not None]
         grads = [p.grad for p in params]
-        if group["weight_decay"]: grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+        if group["weight_decay"]: torch._foreach_add_(grads, params, alpha=group["weight_decay"])
         masked = [(g, self._mask[id(p)]) for p, g in zip(params, grads) if id(p) in self._mask]
         if masked: torch._foreach_mul_(*map(list, zip(*masked)))
         return params, grads
@@ -90,7 +90,8 @@ class MaskedSGD(_Masked):
                 else: st["momentum_buffer"] = gr.detach().clone()   # first step: the gradient (as torch.optim.SGD)
             if old_b: torch._foreach_mul_(old_b, mu); torch._foreach_add_(old_b, old_g)
             bufs = [self.state[p]["momentum_buffer"] for p in params]
-            upd = torch._foreach_add(grads, bufs, alpha=mu) if g["nesterov"] else bufs
+            if g["nesterov"]: torch._foreach_add_(grads, bufs, alpha=mu)   # in place: no new weight-sized tensor a step
+            upd = grads if g["nesterov"] else bufs
         self._apply(params, upd, g["lr"])
 
 class MaskedAdam(_Masked):

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import atexit
-import copy
 import dataclasses
 import json
 import math
@@ -23,12 +22,12 @@ from torch import nn
 from tqdm import tqdm
 
 from .core import Timer, get_device, seed_everything, writing
-from .data import DataSplit, TensorLoader, get_info, load_dataset
+from .data import DataSplit, TensorLoader, get_info, load_dataset, reseeded, stacked_batches
 from .masks import Mask, apply_mask, fixed_masks, get_mask, keep_masks, masked_layers, weights_of
 from .models import get_model
 from .optim import make_optimizer, score_params
 from .recipes import Recipe, as_recipe, get_recipe, lr_at
-from .stack import check_stacked, member_outputs, member_state, member_tensor, shared_input, stack_inputs, stack_models, stack_size, unstack
+from .stack import check_stacked, member_outputs, member_state, member_tensor, shared_input, stack_models, stack_size, unstack
 
 # %% auto #0
 __all__ = ['HISTORY_COLUMNS', 'DIVERGED', 'evaluate', 'FitState', 'Callback', 'Snapshot', 'train_step', 'as_splits', 'last_value',
@@ -161,13 +160,12 @@ def _member_terms(values: torch.Tensor, K: int, name: str) -> torch.Tensor:
     return values
 
 def _stack_step(model: nn.Module, optimizer: torch.optim.Optimizer, extra_loss, amp: bool, K: int, channels_last: bool = False) -> Callable:
-    """`train_step` of a stack of K runs: (the K runs' batches) -> per run (task loss, correct count, extra terms),
+    """`train_step` of a stack of K runs: (images B×(K·C)×…, labels B×K, as `stacked_batches` gives them) -> per run (task loss, correct count, extra terms),
     each a K-vector. The loss is the sum of the runs' losses, so each run's gradient is its own loss's (`step.live`
     weighs them: a run dropped after divergence gets 0)."""
     terms = _terms(extra_loss)
     dev, half, scaler = _precision(model, amp)
-    def step(batches):
-        x, y = stack_inputs([b[0] for b in batches]), torch.stack([b[1] for b in batches], 1)     # B×(K·C)×…, B×K
+    def step(x, y):
         if channels_last: x = x.contiguous(memory_format=torch.channels_last)   # on CUDA, as `fit`'s batches
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(dev, dtype=half, enabled=amp):
@@ -260,8 +258,8 @@ def _fit_setup(model, data, recipe: Recipe, mask, extra_loss, seed: int, device,
     opt = make_optimizer(model, recipe)
     keep_masks(opt, model)   # projects round-rule scores; the fixed masks are in the optimizer's update
     one = train_step(model, opt, extra_loss, amp) if world == 1 else _shard_step(model, opt, extra_loss, amp, rank, world)
-    def step(batches):
-        task, correct, extras = one(*batches[0])
+    def step(x, y):
+        task, correct, extras = one(x, y)
         return task.view(1), correct.view(1), [e.view(1) for e in extras]
     loader = TensorLoader(splits["train"], recipe.batch_size, crop=recipe.crop, flip=recipe.flip, seed=seed, device=dev, channels_last=cuda)
     evals = {k: TensorLoader(_part(v, rank, world), 1000, shuffle=False, device=dev, channels_last=cuda) for k, v in splits.items() if k != "train"}
@@ -274,11 +272,11 @@ def _train_epoch(p: _FitParts, state: FitState, epoch: int, on_step: list, bar) 
     for ld in p.loaders: ld.set_epoch(epoch)
     sums, n = torch.zeros(p.members, 2 + len(p.names), device=p.dev), 0      # per run
     track = torch.zeros(p.members, len(p.loader), device=p.dev)
-    for i, batches in enumerate(zip(*p.loaders)):
+    for i, (x, y) in enumerate(p.loader if p.members == 1 else stacked_batches(p.loaders)):
         lr = lr_at(state.recipe, epoch, (i + 1)/len(p.loader))
         for g in p.opt.param_groups: g["lr"] = lr
-        task, correct, extras = p.step(batches)
-        b = len(batches[0][1])
+        task, correct, extras = p.step(x, y)
+        b = len(y)
         sums += torch.stack([task*b, correct.to(task.dtype), *[e.float()*b for e in extras]], 1)
         track[:, i] = sums.sum(1)   # on the device, no sync: NaN and inf stay in a running sum, so its first bad entry is the first bad step
         n += b; state.iteration += 1
@@ -501,11 +499,6 @@ def _member_scale(p: torch.Tensor, scales: Sequence[float]) -> torch.Tensor:
     K = len(scales)
     return torch.tensor(scales, dtype=p.dtype).repeat_interleave(p.shape[0]//K).view(-1, *[1]*(p.dim() - 1))
 
-def _reseeded(loader: TensorLoader, seed: int) -> TensorLoader:
-    "`loader` with another seed (its own order, crops and flips), sharing its resident images."
-    other = copy.copy(loader); other.seed, other.epoch = int(seed), 0
-    return other
-
 def _stack_setup(models, data, recipes: list[Recipe], masks, seeds: list[int], extra_loss, device, amp) -> tuple[_FitParts, nn.Module]:
     "`_fit_setup` for a stack: seed, mask and place the runs, stack them (checked on a batch), then the optimizer, step and loaders."
     K, recipe = len(models), recipes[0]
@@ -533,7 +526,7 @@ def _stack_setup(models, data, recipes: list[Recipe], masks, seeds: list[int], e
     evals = {k: TensorLoader(v, 1000, shuffle=False, device=dev, channels_last=cuda) for k, v in splits.items() if k != "train"}
     who = [f"run {k} (seed {s}, lr {r.lr:g}) of a stack of {K}" for k, (s, r) in enumerate(zip(seeds, recipes))]
     return _FitParts(dev, 0, 1, opt, _stack_step(net, opt, extra_loss, amp, K, cuda), list(_terms(extra_loss)), loader, evals,
-                     [loader] + [_reseeded(loader, s) for s in seeds[1:]], recipes, who), net
+                     [loader] + [reseeded(loader, s) for s in seeds[1:]], recipes, who), net
 
 def _member_densities(model: nn.Module, K: int) -> list[float]:
     "Each run's density in a stack: its masks', else its non-zero weights' (NaN counted as kept)."
