@@ -48,12 +48,12 @@ def member_state(state: Mapping[str, torch.Tensor], k: int, members: int) -> dic
 
 # %% ../nbs/05b_stack.ipynb #d63c36e4
 def stacked_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, members: int) -> torch.Tensor:
-    "K linear maps at once: x is B×(K·in), weight (K·out)×in, bias K·out; B×(K·out) (one batched matmul)."
+    "K linear maps at once: x is B×(K·in), weight (K·out)×in, bias K·out; B×(K·out) (one batched matmul, computed transposed)."
     B, K = x.shape[0], members
-    w = weight.view(K, -1, weight.shape[1]).transpose(1, 2)          # K×in×out
-    xk = x.reshape(B, K, -1).transpose(0, 1)                          # K×B×in
-    out = torch.bmm(xk, w) if bias is None else torch.baddbmm(bias.view(K, 1, -1), xk, w)
-    return out.transpose(0, 1).reshape(B, -1)
+    w = weight.view(K, -1, weight.shape[1])                           # K×out×in: the weight's own layout
+    xt = x.reshape(B, K, -1).permute(1, 2, 0)                         # K×in×B (a view)
+    out = torch.bmm(w, xt) if bias is None else torch.baddbmm(bias.view(K, -1, 1), w, xt)   # K×out×B
+    return out.permute(2, 0, 1).reshape(B, -1)
 
 class StackedLinear(nn.Linear):
     "K `nn.Linear(in, out)` in one: weight (K·out)×in (member k's rows k·out …), input B×(K·in), output B×(K·out)."
