@@ -1,0 +1,60 @@
+"""The table of `bench/repro_stacks.sh`: cold notebook times without and with stacks, and what stacked.
+
+    python bench/repro_stacks.py ROOT
+
+Reads ROOT/times.tsv and the run records of both modes (ROOT/<mode>/runs/**/config.json: each stores its `wall_time`
+and its `stack`, the number of runs it was trained with, 1 when alone). A run belongs to the notebook during whose
+papermill run its `done` file was written. Per notebook: the two wall times and their ratio, the runs computed, how
+many of them were trained in a stack and the largest stack, and per kind the mean time a run took alone against in a
+stack (a stack's wall time is shared out evenly over its members). Ends in a ratio line over all timed notebooks.
+"""
+import json, sys, datetime as dt
+from collections import defaultdict
+from pathlib import Path
+
+def fmt(s: float) -> str:
+    s = round(s); return f"{s // 60} min {s % 60:02d} s" if s >= 60 else f"{s} s"
+
+def runs_of(root: Path, mode: str):
+    "Every finished run of a mode: (finished at, kind, wall seconds per run, stack size)."
+    out = []
+    for cfg in (root/mode/"runs").rglob("config.json"):
+        done = cfg.parent/"done"
+        if not done.exists(): continue
+        c = json.loads(cfg.read_text())
+        t = dt.datetime.fromisoformat(done.read_text().split("\n")[0])
+        k = max(int(c.get("stack", 1)), 1)
+        out.append((t, c["kind"], float(c["wall_time"]) / k, k))
+    return out
+
+def main(root: Path):
+    rows = [l.split("\t") for l in (root/"times.tsv").read_text().splitlines() if l.strip()]
+    secs, spans = {}, {}
+    for nb, mode, s, end in rows:
+        end = dt.datetime.fromisoformat(end.replace("Z", "+00:00")); s = int(s)
+        secs[nb, mode] = s; spans[nb, mode] = (end - dt.timedelta(seconds=s + 1), end + dt.timedelta(seconds=1))
+    runs = {m: runs_of(root, m) for m in ("nostack", "stack")}
+    def mine(nb, mode): lo, hi = spans[nb, mode]; return [r for r in runs[mode] if lo <= r[0] <= hi]
+    nbs = list(dict.fromkeys(nb for nb, *_ in rows))
+    print("| notebook | cold, no stacks | cold, stacks | ratio | runs computed | stacked (largest K) | s a run, alone → in a stack, by kind |")
+    print("|---|---|---|---|---|---|---|")
+    tot = [0, 0]
+    for nb in nbs:
+        if (nb, "nostack") not in secs or (nb, "stack") not in secs:
+            print(f"| `{nb}` | {fmt(secs[nb, 'nostack']) if (nb, 'nostack') in secs else '…'} | "
+                  f"{fmt(secs[nb, 'stack']) if (nb, 'stack') in secs else '…'} | | | | (unfinished) |"); continue
+        a, b = secs[nb, "nostack"], secs[nb, "stack"]; tot[0] += a; tot[1] += b
+        st, al = mine(nb, "stack"), mine(nb, "nostack")
+        n_st = sum(r[3] > 1 for r in st); kmax = max([r[3] for r in st], default=1)
+        alone, stacked = defaultdict(list), defaultdict(list)
+        for r in al: alone[r[1]].append(r[2])
+        for r in st:
+            if r[3] > 1: stacked[r[1]].append(r[2])
+        kinds = "; ".join(f"{k} {sum(alone[k])/len(alone[k]):.1f} → {sum(v)/len(v):.1f}" for k, v in sorted(stacked.items()) if alone[k])
+        print(f"| `{nb}` | {fmt(a)} | {fmt(b)} | {a / b:.2f}× | {len(st)} | {n_st} (K ≤ {kmax}) | {kinds or '—'} |")
+    if tot[1]: print(f"ratio: no stacks / stacks over {sum(1 for nb in nbs if (nb, 'stack') in secs and (nb, 'nostack') in secs)} notebooks "
+                     f"= {fmt(tot[0])} / {fmt(tot[1])} = {tot[0] / tot[1]:.2f}×")
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2: sys.exit(__doc__)
+    main(Path(sys.argv[1]))
