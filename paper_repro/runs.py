@@ -627,11 +627,12 @@ class Stackable:
     def __call__(self, config): return self.one(config)
 
 @dataclass(frozen=True)
-class _Distinct:
-    "A `Stackable`'s `many`, counting each run once (`distinct_loads`): it trains the units' runs as stacks, then reads them."
-    many: Callable[[list], list]
+class _Group:
+    "A stack of a `Stackable`'s units: `many` (each run counted once, `distinct_loads`), or `one` for a unit whose key is None."
+    fn: Stackable
     def __call__(self, configs):
-        with distinct_loads(): return self.many(configs)
+        if len(configs) == 1 and self.fn.key(configs[0]) is None: return [self.fn.one(configs[0])]
+        with distinct_loads(): return self.fn.many(configs)
 
 STACK_ENV = "PAPER_REPRO_STACK"   # a positive integer: the default stack size (1: no stacks), e.g. to time a sweep without them
 
@@ -683,8 +684,8 @@ def sweep(configs: Sequence[Any], # one per unit of work (picklable; usually a d
     if not configs: return []
     if isinstance(fn, Stackable) and _check_stack(stack) != 1:
         groups = stack_groups(configs, fn.key, _check_stack(stack) or default_stack())
-        if any(len(g) > 1 for g in groups):
-            done = sweep([[configs[i] for i in g] for g in groups], _Distinct(fn.many), executor, workers, threads, desc, progress, **opts)
+        if any(len(g) > 1 or fn.key(configs[g[0]]) is not None for g in groups):    # a unit alone may stack its own runs
+            done = sweep([[configs[i] for i in g] for g in groups], _Group(fn), executor, workers, threads, desc, progress, **opts)
             out = [None]*len(configs)
             for g, res in zip(groups, done):
                 for i, r in zip(g, res): out[i] = r
