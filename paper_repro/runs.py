@@ -628,10 +628,11 @@ class Stackable:
 
 @dataclass(frozen=True)
 class _Group:
-    "A stack of a `Stackable`'s units: `many` (each run counted once, `distinct_loads`), or `one` for a unit whose key is None."
+    "A stack of a `Stackable`'s units, `(configs, keyed)`: `many` (each run counted once, `distinct_loads`), or `one` for a unit keyed None."
     fn: Stackable
-    def __call__(self, configs):
-        if len(configs) == 1 and self.fn.key(configs[0]) is None: return [self.fn.one(configs[0])]
+    def __call__(self, job):
+        configs, keyed = job
+        if not keyed: return [self.fn.one(configs[0])]
         with distinct_loads(): return self.fn.many(configs)
 
 STACK_ENV = "PAPER_REPRO_STACK"   # a positive integer: the default stack size (1: no stacks), e.g. to time a sweep without them
@@ -682,10 +683,12 @@ def sweep(configs: Sequence[Any], # one per unit of work (picklable; usually a d
     for name, v in (("workers", workers), ("threads", threads)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1): raise ValueError(f"{name}={v!r}: use a positive integer")
     if not configs: return []
-    if isinstance(fn, Stackable) and _check_stack(stack) != 1:
-        groups = stack_groups(configs, fn.key, _check_stack(stack) or default_stack())
-        if any(len(g) > 1 or fn.key(configs[g[0]]) is not None for g in groups):    # a unit alone may stack its own runs
-            done = sweep([[configs[i] for i in g] for g in groups], _Group(fn), executor, workers, threads, desc, progress, **opts)
+    if isinstance(fn, Stackable) and (size := _check_stack(stack) or default_stack()) > 1:
+        keys = [fn.key(c) for c in configs]
+        groups = stack_groups(keys, lambda k: k, size)
+        if any(k is not None for k in keys):        # a keyed unit goes to `many`, alone too: its own runs may stack
+            done = sweep([([configs[i] for i in g], keys[g[0]] is not None) for g in groups], _Group(fn), executor, workers,
+                         threads, desc, progress, **opts)
             out = [None]*len(configs)
             for g, res in zip(groups, done):
                 for i, r in zip(g, res): out[i] = r
