@@ -45,6 +45,7 @@ def main(root: Path):
                   f"{fmt(secs[nb, 'stack']) if (nb, 'stack') in secs else '…'} | | | | (unfinished) |"); continue
         a, b = secs[nb, "nostack"], secs[nb, "stack"]; tot[0] += a; tot[1] += b
         st, al = mine(nb, "stack"), mine(nb, "nostack")
+        if any(r[3] > 1 for r in al): sys.exit(f"{nb}: runs of the no-stacks half were stacked: PAPER_REPRO_STACK=1 did not turn stacks off")
         n_st = sum(r[3] > 1 for r in st); kmax = max([r[3] for r in st], default=1)
         alone, stacked = defaultdict(list), defaultdict(list)
         for r in al: alone[r[1]].append(r[2])
