@@ -5,8 +5,10 @@
 Reads ROOT/times.tsv and the run records of both modes (ROOT/<mode>/runs/**/config.json: each stores its `wall_time`
 and its `stack`, the number of runs it was trained with, 1 when alone). A run belongs to the notebook during whose
 papermill run its `done` file was written. Per notebook: the two wall times and their ratio, the runs computed, how
-many of them were trained in a stack and the largest stack, and per kind the mean time a run took alone against in a
-stack (a stack's wall time is shared out evenly over its members). Ends in a ratio line over all timed notebooks.
+many of them were trained in a stack and the largest stack, and per kind the mean time a run took in a stack against
+the same runs alone: each run stacked in the `stack` half is paired with its own record (same folder: same cache key)
+in the `nostack` half. A stacked run's `wall_time` is already its share, the stack's wall time over its K members
+(`runs._compute_together`). Ends in a ratio line over all timed notebooks.
 """
 import json, sys, datetime as dt
 from collections import defaultdict
@@ -16,7 +18,7 @@ def fmt(s: float) -> str:
     s = round(s); return f"{s // 60} min {s % 60:02d} s" if s >= 60 else f"{s} s"
 
 def runs_of(root: Path, mode: str):
-    "Every finished run of a mode: (finished at, kind, wall seconds per run, stack size)."
+    "Every finished run of a mode: (finished at, kind, wall seconds of this run, stack size, folder name)."
     out = []
     for cfg in (root/mode/"runs").rglob("config.json"):
         done = cfg.parent/"done"
@@ -24,7 +26,7 @@ def runs_of(root: Path, mode: str):
         c = json.loads(cfg.read_text())
         t = dt.datetime.fromisoformat(done.read_text().split("\n")[0])
         k = max(int(c.get("stack", 1)), 1)
-        out.append((t, c["kind"], float(c["wall_time"]) / k, k))
+        out.append((t, c["kind"], float(c["wall_time"]), k, cfg.parent.name))
     return out
 
 def main(root: Path):
@@ -36,7 +38,7 @@ def main(root: Path):
     runs = {m: runs_of(root, m) for m in ("nostack", "stack")}
     def mine(nb, mode): lo, hi = spans[nb, mode]; return [r for r in runs[mode] if lo <= r[0] <= hi]
     nbs = list(dict.fromkeys(nb for nb, *_ in rows))
-    print("| notebook | cold, no stacks | cold, stacks | ratio | runs computed | stacked (largest K) | s a run, alone → in a stack, by kind |")
+    print("| notebook | cold, no stacks | cold, stacks | ratio | runs computed | stacked (largest K) | the stacked runs by kind: s a run alone → in a stack |")
     print("|---|---|---|---|---|---|---|")
     tot = [0, 0]
     for nb in nbs:
@@ -47,11 +49,11 @@ def main(root: Path):
         st, al = mine(nb, "stack"), mine(nb, "nostack")
         if any(r[3] > 1 for r in al): sys.exit(f"{nb}: runs of the no-stacks half were stacked: PAPER_REPRO_STACK=1 did not turn stacks off")
         n_st = sum(r[3] > 1 for r in st); kmax = max([r[3] for r in st], default=1)
-        alone, stacked = defaultdict(list), defaultdict(list)
-        for r in al: alone[r[1]].append(r[2])
+        alone = {r[4]: r[2] for r in runs["nostack"]}        # the same run (folder) computed alone, by any notebook
+        pairs = defaultdict(list)
         for r in st:
-            if r[3] > 1: stacked[r[1]].append(r[2])
-        kinds = "; ".join(f"{k} {sum(alone[k])/len(alone[k]):.1f} → {sum(v)/len(v):.1f}" for k, v in sorted(stacked.items()) if alone[k])
+            if r[3] > 1 and r[4] in alone: pairs[r[1]].append((alone[r[4]], r[2]))
+        kinds = "; ".join(f"{k} ×{len(v)} {sum(a for a, _ in v)/len(v):.1f} → {sum(b for _, b in v)/len(v):.1f}" for k, v in sorted(pairs.items()))
         print(f"| `{nb}` | {fmt(a)} | {fmt(b)} | {a / b:.2f}× | {len(st)} | {n_st} (K ≤ {kmax}) | {kinds or '—'} |")
     if tot[1]: print(f"ratio: no stacks / stacks over {sum(1 for nb in nbs if (nb, 'stack') in secs and (nb, 'nostack') in secs)} notebooks "
                      f"= {fmt(tot[0])} / {fmt(tot[1])} = {tot[0] / tot[1]:.2f}×")
