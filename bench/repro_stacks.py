@@ -38,6 +38,7 @@ def main(root: Path):
     runs = {m: runs_of(root, m) for m in ("nostack", "stack")}
     def mine(nb, mode): lo, hi = spans[nb, mode]; return [r for r in runs[mode] if lo <= r[0] <= hi]
     nbs = list(dict.fromkeys(nb for nb, *_ in rows))
+    alone = {r[4]: r[2] for r in runs["nostack"]}            # each run (folder) as computed alone, by any notebook
     print("| notebook | cold, no stacks | cold, stacks | ratio | runs computed | stacked (largest K) | the stacked runs by kind: s a run alone → in a stack |")
     print("|---|---|---|---|---|---|---|")
     tot = [0, 0]
@@ -49,7 +50,6 @@ def main(root: Path):
         st, al = mine(nb, "stack"), mine(nb, "nostack")
         if any(r[3] > 1 for r in al): sys.exit(f"{nb}: runs of the no-stacks half were stacked: PAPER_REPRO_STACK=1 did not turn stacks off")
         n_st = sum(r[3] > 1 for r in st); kmax = max([r[3] for r in st], default=1)
-        alone = {r[4]: r[2] for r in runs["nostack"]}        # the same run (folder) computed alone, by any notebook
         pairs = defaultdict(list)
         for r in st:
             if r[3] > 1 and r[4] in alone: pairs[r[1]].append((alone[r[4]], r[2]))
