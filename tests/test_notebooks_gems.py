@@ -41,6 +41,25 @@ def test_fig1_takes_a_network_and_density(paper):
     assert set(claims.network) == {"small-cnn"} and set(claims.density) == {"0.5"}
 
 
+def test_fig3_stacks_its_runs_by_the_stack_size(paper, monkeypatch):
+    """fig3 with several λ trains its mining runs, Edge-Popup searches and finetunings first, as stacks of at most
+    `runs.default_stack()` runs. With PAPER_REPRO_STACK=2 its three mining runs are a stack of two and one alone, and no
+    run is in a stack of more than two (before, fig3 stacked all its mining runs whatever the setting, so the no-stacks
+    half of `bench/repro_stacks.sh` stacked them too)."""
+    import json
+    nbs, _ = paper
+    folders = lambda: {p.name: p for p in (nbs.root / "runs").iterdir()}
+    before = set(folders())
+    monkeypatch.setenv("PAPER_REPRO_STACK", "2")
+    p = nbs.run("fig3", preset="smoke")
+    new = {n: json.loads((f / "config.json").read_text()) for n, f in folders().items() if n not in before}
+    assert p["runs_computed"] == len(new) > 3
+    assert sorted(r["stack"] for r in new.values() if r["kind"] == "gem_miner") == [1, 2, 2]
+    assert max(r["stack"] for r in new.values()) == 2
+    claims = nbs.claims("fig3")
+    assert claims.claim.str.startswith("as λ increases").any()
+
+
 @pytest.mark.slow
 def test_fig1_refuses_a_density_the_preset_lacks(notebooks):
     """`make test` proves this in two parts: test_gems.py::test_every_figure_preset_focuses_on_a_point_of_its_grid (the
