@@ -14,7 +14,7 @@ from torch import nn
 
 from .masks import check_density, get_mask, masked_layers, plain_state, to_masked
 from .models import get_model
-from .runs import CHECKPOINT, cached_runs, canonical, jsonable, stack_checkpoint
+from .runs import CHECKPOINT, cached_runs, canonical, jsonable, stack_checkpoint, stack_size
 from .recipes import as_recipe, Recipe, RECIPES
 from .train import fit, fit_stack, last_value
 from .tickets import check_arch, Ticket
@@ -70,17 +70,19 @@ def _search(ps: Sequence[dict], workdirs, progress: bool) -> list[Ticket]:
 
 def edge_popup_stack(calls: Sequence[Mapping], # one dict of `edge_popup`'s arguments per run
                      cache: bool = True, progress: bool = True,
+                     stack: int | None = None, # searches per stack (default `runs.default_stack()`; 1: one at a time)
                     ) -> list[Ticket]:
-    "Several Edge-Popup searches of one architecture (seeds, densities, learning rates) as one stack; each the run `edge_popup` makes."
+    "Several Edge-Popup searches of one architecture (seeds, densities, learning rates) as stacks of `stack`; each the run `edge_popup` makes."
     made = []
     for k, c in enumerate(calls):
         try: made.append(_popup(**c))
         except TypeError as e: raise ValueError(f"calls[{k}]: {e} (give edge_popup's arguments; cache and progress are edge_popup_stack's)") from None
-    ps, configs = [p for p, _ in made], [c for _, c in made]
-    if not (cache and all(isinstance(p["data"], str) for p in ps)): return _search(ps, [None]*len(ps), progress)
+    ps, configs, size = [p for p, _ in made], [c for _, c in made], stack_size(stack)
+    if not (cache and all(isinstance(p["data"], str) for p in ps)):
+        return [t for i in range(0, len(ps), size) for t in _search(ps[i:i + size], [None]*len(ps[i:i + size]), progress)]
     who = {canonical(jsonable(c)): i for i, c in enumerate(configs)}
     def run(cfgs, works): return [t.to_result() for t in _search([ps[who[canonical(c)]] for c in cfgs], works, progress)]
-    return [Ticket.from_run(r) for r in cached_runs("edge_popup", configs, run)]
+    return [Ticket.from_run(r) for r in cached_runs("edge_popup", configs, run, stack=size)]
 
 def edge_popup(arch: Mapping, # get_model arguments (e.g. `arch_for(data, name, ...)`); init defaults to "signed_constant"
                data: str | Mapping, # a dataset name (cacheable) or a dict of splits with "train"

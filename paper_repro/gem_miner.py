@@ -18,7 +18,7 @@ from torch import nn
 from .data import load_dataset
 from .masks import Mask, check_density, get_mask, masked_layers, plain_state, to_masked, top_count
 from .models import get_model
-from .runs import CHECKPOINT, Result, cached_runs, canonical, jsonable, stack_checkpoint
+from .runs import CHECKPOINT, Result, cached_runs, canonical, jsonable, stack_checkpoint, stack_size
 from .stack import member_tensor
 from .recipes import as_recipe, get_recipe, Recipe, RECIPES
 from .train import Callback, evaluate, fit, fit_stack, FitState
@@ -169,8 +169,9 @@ def _mine(ms: Sequence[_Mining], workdirs, progress: bool) -> list[Ticket]:
 def gem_miner_stack(calls: Sequence[Mapping], # one dict of `gem_miner`'s arguments per run (arch, data, density, lam, recipe, ...)
                     cache: bool = True, # each run through the run cache, under the key `gem_miner` gives it
                     progress: bool = True,
+                    stack: int | None = None, # runs per stack (default `runs.default_stack()`; 1: one at a time)
                    ) -> list[Ticket]:
-    "Several GEM-MINER runs (seeds, λ, densities, learning rates) mined as one stacked computation; one Ticket per call."
+    "Several GEM-MINER runs (seeds, λ, densities, learning rates) mined as stacked computations of `stack` runs; one Ticket per call."
     if isinstance(calls, Mapping) or not isinstance(calls, Sequence) or not calls: raise TypeError("calls: give a non-empty list of dicts, one per run")
     ms = []
     for k, c in enumerate(calls):
@@ -179,10 +180,11 @@ def gem_miner_stack(calls: Sequence[Mapping], # one dict of `gem_miner`'s argume
     plain = lambda m: (m.data, {n: v for n, v in m.arch.items() if n != "seed"})
     bad = [k for k, m in enumerate(ms) if plain(m) != plain(ms[0])]
     if bad: raise ValueError(f"calls[{bad[0]}]: another dataset or architecture than calls[0] ({plain(ms[bad[0]])} vs {plain(ms[0])}); a stack shares them")
-    if not cache: return _mine(ms, [None]*len(ms), progress)
+    size = stack_size(stack)
+    if not cache: return [t for i in range(0, len(ms), size) for t in _mine(ms[i:i + size], [None]*len(ms[i:i + size]), progress)]
     who = {canonical(jsonable(m.config)): i for i, m in enumerate(ms)}
     def run(cfgs, works): return [t.to_result() for t in _mine([ms[who[canonical(c)]] for c in cfgs], works, progress)]
-    return [Ticket.from_run(r) for r in cached_runs("gem_miner", [m.config for m in ms], run)]
+    return [Ticket.from_run(r) for r in cached_runs("gem_miner", [m.config for m in ms], run, stack=size)]
 
 def gem_miner(arch: Mapping, # get_model arguments, e.g. arch_for("fashion-mnist", "lenet-300-100", init="signed_constant")
               data: str, # dataset name

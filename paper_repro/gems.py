@@ -368,8 +368,6 @@ def _gems_point(data: str, name: str, net: dict, s: int, d: float, methods: Sequ
 def _gems_one(u: dict) -> dict: return _gems_point(**u)
 
 # %% ../nbs/17_gems.ipynb #a8ff8f00
-def _chunks(xs: list, n: int) -> list[list]: return [xs[i:i + n] for i in range(0, len(xs), n)]
-
 def _point_of(u: dict) -> _Point:
     return _Point(u["data"], u["name"], u["net"], u["s"], u["d"], load_dataset(u["data"], "test"), dict(rows=[], layers=[], curves=[], dense=[]))
 
@@ -392,10 +390,11 @@ def _train_stacked(units: list[dict], size: int):
     mining += [_gm_call(p, invert=True) for u, p in points if "sanity" in u["methods"] and u["inversion"] == "mining"]
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "layer collapse")
-        for part in _chunks(mining, size): gem_miner_stack(part, progress=False)
-    for part in _chunks([_ep_call(p) for u, p in points if "EP" in u["methods"]], size): edge_popup_stack(part, progress=False)
+        if mining: gem_miner_stack(mining, progress=False, stack=size)
+    if eps := [_ep_call(p) for u, p in points if "EP" in u["methods"]]: edge_popup_stack(eps, progress=False, stack=size)
     for m in sorted({m for u in units for m in u["methods"] if m.startswith("IMP")}):
-        for part in _chunks([_imp_call(p, m) for u, p in points if m in u["methods"]], size): imp_stack(part, progress=False)
+        chains = [_imp_call(p, m) for u, p in points if m in u["methods"]]
+        for i in range(0, len(chains), size): imp_stack(chains[i:i + size], progress=False)
     finetune_all([(t, r, p.seed) for u, p in points for t, r in _finetunings(u, p)], units[0]["data"], size)
 
 def _gems_many(units: list[dict]) -> list[dict]:

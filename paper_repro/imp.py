@@ -20,7 +20,7 @@ from .core import check_finite, get_device
 from .data import DataSplit, load_dataset
 from .masks import Mask, apply_mask, check_density, keep_count, magnitude, weights_of
 from .models import count_parameters, get_model, prunable_weights
-from .runs import CHECKPOINT, STATS, Result, Run, cached_run, cached_runs, default_stack, jsonable, run_counts, run_hash, stack_checkpoint
+from .runs import CHECKPOINT, STATS, Result, Run, cached_run, cached_runs, jsonable, run_counts, run_hash, stack_checkpoint, stack_size
 from .stack import member_state
 from .recipes import as_recipe, Recipe, RECIPES
 from .train import as_splits, evaluate, fit, fit_seconds, fit_stack, last_value, Snapshot
@@ -703,7 +703,7 @@ def lottery_sanity_stack(calls: Sequence[Mapping], # one dict of `lottery_sanity
     if len({c["data"] for c in a}) > 1: raise ValueError(f"calls: one dataset for all (a stack shares it); got {sorted({c['data'] for c in a})}")
     plans = [_sanity_plan(c["arch"], c["data"], c["densities"], c["recipe"], c["variants"], c["rewind_epoch"], c["rr_seed"],
                           c["fraction"], c["exclude"]) for c in a]
-    size = stack or default_stack()
+    size = stack_size(stack)
     cs = [_sanity_chain(p, c["data"], c["fraction"], c["seed"], c["exclude"]) for p, c in zip(plans, a)]
     chains = [ch for i in range(0, len(cs), size) for ch in imp_stack(cs[i:i + size], progress=False)]
     jobs = [(ticket, recipe, c["seed"]) for p, c, ch in zip(plans, a, chains) for r in p.levels

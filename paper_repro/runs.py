@@ -42,7 +42,7 @@ __all__ = ['ENGINE_VERSION', 'READERS', 'STATS', 'KIND', 'RUN_FOLDER', 'CHECKPOI
            'STALE_AFTER', 'LOCK_POLL', 'WAIT_REPORT', 'OPTIONS_ENV', 'STACK_ENV', 'jsonable', 'canonical', 'run_hash',
            'Result', 'Run', 'distinct_loads', 'run_counts', 'runs_root', 'CorruptRunWarning', 'write_manifest',
            'verify_run', 'process_start', 'lock_record', 'lock_holder', 'cached_run', 'stack_checkpoint', 'cached_runs',
-           'executor_options', 'cpu_cores', 'Stackable', 'default_stack', 'stack_groups', 'sweep']
+           'executor_options', 'cpu_cores', 'Stackable', 'default_stack', 'stack_size', 'stack_groups', 'sweep']
 
 # %% ../nbs/07_runs.ipynb #f59bcf1a
 ENGINE_VERSION = 1  # bump when masks/train/data change what a run computes: every cached run is then recomputed
@@ -486,9 +486,11 @@ def cached_runs(kind: str, # what the runs are (one kind)
                 fn: Callable[[list[dict], list[Path]], Sequence[Result | pd.DataFrame]], # fn(configs, workdirs) computes runs together
                 version: int | None = None, root: str | Path | None = None,
                 wait: float | None = None, # for a run another live process computes: seconds to wait for it (None: until it ends)
+                stack: int | None = None, # the missing runs in stacks of at most this many, one `fn` call each (None: all in one call)
                ) -> list[Run]:
-    "The finished runs of `kind` with `configs`: each loaded if it is in the cache, the missing ones computed together by one `fn` call."
+    "The finished runs of `kind` with `configs`: each loaded if it is in the cache, the missing ones computed together by `fn` (in stacks of `stack`)."
     _check_kind(kind)
+    size = None if stack is None else stack_size(stack)
     if isinstance(configs, Mapping) or not all(isinstance(c, Mapping) for c in configs): raise TypeError("configs: give a list of mappings, one per run")
     configs = [jsonable(c) for c in configs]
     version = _version_of(fn) if version is None else int(version)
@@ -501,7 +503,9 @@ def cached_runs(kind: str, # what the runs are (one kind)
             if (h := _lock_now(works[i])) is not None: held[i] = h
         for i in held:
             if (works[i]/"done").exists() and (problem := verify_run(works[i], kind, keys[i])): _discard(works[i], problem, locked=True)
-        if todo := [i for i in held if not (works[i]/"done").exists()]: _compute_together(kind, keys, configs, version, fn, works, todo)
+        todo = [i for i in held if not (works[i]/"done").exists()]
+        step = size or max(len(todo), 1)
+        for j in range(0, len(todo), step): _compute_together(kind, keys, configs, version, fn, works, todo[j:j + step])   # each stack stored as it ends
         for i, h in held.items():
             _finish(works[i], finals[i], h); runs[i] = Run(kind, keys[i], finals[i], cached=False); _count("misses", finals[i])
     finally:
@@ -644,8 +648,11 @@ def default_stack(device: str | torch.device | None = None) -> int:
         return int(v)
     return 16 if get_device(device).type == "cuda" else 8
 
-def _check_stack(stack) -> int | None:
-    if stack is not None and (isinstance(stack, bool) or not isinstance(stack, int) or stack < 1):
+def stack_size(stack: int | None = None, # runs (or units) per stack a caller asked for; None: the default
+               device: str | torch.device | None = None) -> int:
+    "The stack size to use: `stack` when given (a positive integer), else `default_stack(device)`; every `stack=` parameter goes through it."
+    if stack is None: return default_stack(device)
+    if isinstance(stack, bool) or not isinstance(stack, int) or stack < 1:
         raise ValueError(f"stack={stack!r}: use a positive integer (units per stack; 1: one at a time) or None (the default)")
     return stack
 
@@ -683,7 +690,7 @@ def sweep(configs: Sequence[Any], # one per unit of work (picklable; usually a d
     for name, v in (("workers", workers), ("threads", threads)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1): raise ValueError(f"{name}={v!r}: use a positive integer")
     if not configs: return []
-    if isinstance(fn, Stackable) and (size := _check_stack(stack) or default_stack()) > 1:
+    if isinstance(fn, Stackable) and (size := stack_size(stack)) > 1:
         keys = [fn.key(c) for c in configs]
         groups = stack_groups(keys, lambda k: k, size)
         if any(k is not None for k in keys):        # a keyed unit goes to `many`, alone too: its own runs may stack

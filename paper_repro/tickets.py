@@ -17,7 +17,7 @@ from .data import DataSplit, get_info
 from .masks import Mask, apply_mask
 from .models import get_model
 from .recipes import Recipe, as_recipe
-from .runs import Result, Run, cached_runs, canonical, default_stack, jsonable, stack_checkpoint
+from .runs import Result, Run, cached_runs, canonical, jsonable, stack_checkpoint, stack_size
 from .stack import stack_pays
 from .train import fit, fit_stack
 
@@ -133,7 +133,7 @@ def finetune_all(jobs: Sequence[tuple[Ticket, Recipe | str | Mapping, int]], # (
                  cache: bool = True, progress: bool = False,
                 ) -> list[tuple[nn.Module, pd.DataFrame]]:
     "Finetune every ticket, compatible ones as stacks (`finetune_stack`); the results in the order of `jobs`."
-    size, groups, out = stack or default_stack(), {}, [None]*len(jobs)
+    size, groups, out = stack_size(stack), {}, [None]*len(jobs)
     for i, (t, r, _) in enumerate(jobs):
         groups.setdefault(stack_group(t, r) if stack_pays(t.arch["name"]) else f"alone-{i}", []).append(i)
     for idx in groups.values():
