@@ -1,5 +1,7 @@
 """Towards Understanding IMP notebooks under papermill: rti_fig1 (`FIRST`) computes the batch-size sweep once; the
 other figures share its run cache, as they do in `make repro`."""
+import json
+
 import pandas as pd
 import papermill as pm
 import pytest
@@ -21,7 +23,10 @@ def test_rti_figures_share_one_sweep(paper):
     for nb in ("rti_fig4", "rti_fig5", "rti_fig6", "rti_fig8"):
         p = nbs.run(nb, preset="smoke")
         assert p["runs_computed"] == 0 and p["runs_loaded"] > 0, (nb, p)
+    before = {f.name for f in (nbs.root / "runs").iterdir()}
     assert nbs.run("rti_fig2", preset="smoke")["runs_computed"] == 2*2    # batch sizes × instability rounds: the seed + 1 copies
+    copies = [json.loads((f / "config.json").read_text()) for f in (nbs.root / "runs").iterdir() if f.name not in before]
+    assert sorted((c["kind"], c["stack"]) for c in copies) == [("finetune", 2)]*4        # a stack of two per batch size
     assert nbs.run("rti_fig3", preset="smoke")["runs_computed"] == 2*2*3  # (repellent, attractive) × (IMP, reinit) × rounds 1-3
     assert nbs.run("rti_fig7", preset="smoke")["runs_computed"] == 2*4    # (IMP, reinit) × rounds, with the other weight decay
     for nb in FIGURES:
